@@ -1,0 +1,82 @@
+"""``python -m server``: the whole server in one ``trio.run``. See ``--help`` for every option."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sqlite3
+import sys
+
+import trio
+
+from server.config import Config, ConfigError, load_config
+from server.service import MinitalkServer
+from storage.errors import StorageError
+
+log = logging.getLogger("server")
+
+# A second Ctrl-C, or a shutdown that overruns its budget by this much, cuts everything at once.
+_SHUTDOWN_MARGIN_S = 2.0
+
+
+async def serve_until_signalled(config: Config) -> None:
+    server = MinitalkServer(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if server.shutdown_requested:
+                        log.warning("second %s: stopping now", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down gracefully", signal.Signals(signum).name)
+                    server.request_shutdown()
+                    # Storage's final flush is shielded, so this deadline never loses accepted writes.
+                    nursery.cancel_scope.deadline = trio.current_time() + config.shutdown_timeout + _SHUTDOWN_MARGIN_S
+
+            nursery.start_soon(watch_signals)
+            # The nursery's cancel scope covers this body too: the deadline above bounds server.run.
+            await server.run()
+            nursery.cancel_scope.cancel()  # run returned after a graceful stop: end the signal watcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as exc:
+        print(f"python -m server: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.uses_default_secret:
+        log.warning(
+            "JWT_SECRET is not set: tokens are signed with the public default %r. Anyone can forge a"
+            " token. Set JWT_SECRET before exposing this server.",
+            config.jwt_secret,
+        )
+    try:
+        trio.run(serve_until_signalled, config)
+    except Exception as error:
+        leaves = _leaves(error)
+        if not all(isinstance(exc, _EXPECTED_FAILURES) for exc in leaves):
+            raise
+        # Expected failures (bad database URL, port in use, unreadable file): one line each, no traceback.
+        for leaf in leaves:
+            log.error("cannot run: %s", leaf)  # noqa: TRY400 -- the traceback would only add noise
+        return 1
+    log.info("stopped")
+    return 0
+
+
+_EXPECTED_FAILURES = (StorageError, OSError, sqlite3.Error)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for exc in error.exceptions for leaf in _leaves(exc)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

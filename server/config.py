@@ -1,0 +1,170 @@
+"""The server's one configuration object, filled from CLI flags, then environment, then defaults.
+
+Every tunable is a field of :class:`Config` with its unit and the reason for its default. The same text
+is the ``--help`` of ``python -m server``, so the two never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from storage.open import DEFAULT_DATABASE
+
+DEFAULT_JWT_SECRET = "your-secret-key"  # the original server's default (contract §2); warned about at start
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4000
+    database: str = DEFAULT_DATABASE
+    jwt_secret: str = DEFAULT_JWT_SECRET
+    log_level: LogLevel = "info"
+    max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=31)] = 10
+    bcrypt_batch_rounds: Annotated[int, msgspec.Meta(ge=4, le=31)] = 8
+    hash_threads: Annotated[int, msgspec.Meta(ge=1)] = max(1, os.cpu_count() or 1)
+    max_batch_items: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    max_participants: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    max_name_chars: Annotated[int, msgspec.Meta(ge=1)] = 256
+    shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    sqlite_synchronous: Synchronous = "FULL"
+
+    @property
+    def uses_default_secret(self) -> bool:
+        return self.jwt_secret == DEFAULT_JWT_SECRET
+
+
+class Option(msgspec.Struct, frozen=True):
+    """One CLI flag: the Config field it fills, its environment variable, and its help text."""
+
+    field: str
+    flag: str
+    env: str | None
+    help: str
+    metavar: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "--host", None, "address to listen on (default 127.0.0.1: loopback only)", "ADDR"),
+    Option("port", "--port", "PORT", "TCP port for REST and Socket.IO (default 4000, as the original)", "PORT"),
+    Option(
+        "database",
+        "--database",
+        "DATABASE_URL",
+        f"storage URL: sqlite:///relative/path.db or sqlite:////absolute/path.db (default {DEFAULT_DATABASE})",
+        "URL",
+    ),
+    Option(
+        "jwt_secret",
+        "--jwt-secret",
+        "JWT_SECRET",
+        "HS256 signing secret for tokens; prefer the environment variable, which ps cannot show"
+        f" (default {DEFAULT_JWT_SECRET!r}, as the original: change it in production)",
+        "SECRET",
+    ),
+    Option("log_level", "--log-level", "LOG_LEVEL", "debug, info, warning or error (default info)", "LEVEL"),
+    Option(
+        "max_body_bytes",
+        "--max-body-bytes",
+        "MAX_BODY_BYTES",
+        "largest accepted HTTP request body, in bytes (default 1048576 = 1 MiB; the original's 100 MB"
+        " let one request hold 100 MB of memory)",
+        "BYTES",
+    ),
+    Option(
+        "bcrypt_rounds",
+        "--bcrypt-rounds",
+        "BCRYPT_ROUNDS",
+        "bcrypt cost (log2 rounds) for single signups (default 10, as the original)",
+        "COST",
+    ),
+    Option(
+        "bcrypt_batch_rounds",
+        "--bcrypt-batch-rounds",
+        "BCRYPT_BATCH_ROUNDS",
+        "bcrypt cost for signup-batch (default 8, as the original)",
+        "COST",
+    ),
+    Option(
+        "hash_threads",
+        "--hash-threads",
+        "HASH_THREADS",
+        "threads that hash passwords off the event loop, in threads (default: one per CPU core)",
+        "N",
+    ),
+    Option(
+        "max_batch_items",
+        "--max-batch-items",
+        "MAX_BATCH_ITEMS",
+        "most users or rooms in one batch request, in items (default 10000; the load test sends 200)",
+        "N",
+    ),
+    Option(
+        "max_participants",
+        "--max-participants",
+        "MAX_PARTICIPANTS",
+        "most participants in one room, in users (default 10000)",
+        "N",
+    ),
+    Option(
+        "max_name_chars",
+        "--max-name-chars",
+        "MAX_NAME_CHARS",
+        "longest username or room name, in characters (default 256)",
+        "N",
+    ),
+    Option(
+        "shutdown_timeout",
+        "--shutdown-timeout",
+        "SHUTDOWN_TIMEOUT",
+        "seconds a graceful shutdown may take before open connections are cut (default 10)",
+        "SECONDS",
+    ),
+    Option(
+        "sqlite_synchronous",
+        "--sqlite-synchronous",
+        "SQLITE_SYNCHRONOUS",
+        "SQLite PRAGMA synchronous: FULL survives power loss, NORMAL only a process crash (default FULL)",
+        "MODE",
+    ),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="minitalk-trio: a drop-in MinitalkChat backend (REST + Socket.IO) on one Trio loop.",
+        epilog="Each option can also be set by the environment variable shown; a flag wins over the environment.",
+    )
+    for opt in OPTIONS:
+        env_note = f" [env {opt.env}]" if opt.env else ""
+        parser.add_argument(opt.flag, dest=opt.field, metavar=opt.metavar, help=opt.help + env_note)
+    return parser
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has a value the server cannot use; the message names it."""
+
+
+def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+    """Config from CLI flags, then the environment, then the defaults; ConfigError names a bad value."""
+    args = build_parser().parse_args(list(argv))
+    raw: dict[str, Any] = {}
+    for opt in OPTIONS:
+        value = getattr(args, opt.field)
+        if value is None and opt.env is not None:
+            value = environ.get(opt.env)
+        if value is not None:
+            raw[opt.field] = value
+    try:
+        return msgspec.convert(raw, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc

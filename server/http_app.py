@@ -1,0 +1,73 @@
+"""The quart-trio application: routes, CORS as ``cors()`` does it, and JSON for every error."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from protocol.rest import RequestError
+from server.http_io import error_response, json_response
+from server.routes_auth import auth_routes
+from server.routes_chat import chat_routes
+from server.services import Services
+
+log = logging.getLogger(__name__)
+
+# Express's cors() defaults (contract §1.0).
+_ALLOW_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
+
+
+def create_app(svc: Services) -> QuartTrio:
+    app = QuartTrio("minitalk")
+    app.config["MAX_CONTENT_LENGTH"] = svc.max_body_bytes
+    app.url_map.strict_slashes = False  # Express matches /api/chatrooms/ as /api/chatrooms
+    app.register_blueprint(auth_routes(svc))
+    app.register_blueprint(chat_routes(svc))
+
+    @app.get("/health")
+    async def health() -> Response:
+        return json_response({"status": "OK", "message": "MiniTalk Backend is running"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        return json_response({"status": "OK", "message": "MiniTalk Backend is ready"})
+
+    @app.before_request
+    async def preflight() -> Response | None:
+        if request.method != "OPTIONS":
+            return None
+        response = Response(b"", status=204)
+        response.headers["Access-Control-Allow-Methods"] = _ALLOW_METHODS
+        asked = request.headers.get("Access-Control-Request-Headers")
+        if asked:
+            response.headers["Access-Control-Allow-Headers"] = asked
+            response.headers["Vary"] = "Access-Control-Request-Headers"
+        return response
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    @app.errorhandler(RequestError)
+    async def bad_request(error: RequestError) -> Response:
+        return error_response(error.status, error.message)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        if status in (404, 405):  # Express has no 405: an unmatched method is an unmatched route
+            return error_response(404, f"Cannot {request.method} {request.path}")
+        if status == 413:
+            return error_response(413, f"Request body too large: the limit is {svc.max_body_bytes} bytes")
+        return error_response(status, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    async def internal_error(error: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.path, exc_info=error)
+        return error_response(500, "Internal server error")
+
+    return app

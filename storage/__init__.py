@@ -1,0 +1,22 @@
+"""Persistence for minitalk-trio: an engine interface and its implementations.
+
+The rest of the server talks to a :class:`~storage.engine.StorageEngine`; it never touches SQL.
+
+Exception tree::
+
+    StorageError                 anything the storage layer raises on purpose
+    ├── StorageClosedError       the engine is not running (not started yet, or shut down): our fault
+    └── UnsupportedDatabaseError the DATABASE_URL names an engine this build cannot open: config fault
+"""
+
+from storage.engine import StorageEngine
+from storage.errors import StorageClosedError, StorageError, UnsupportedDatabaseError
+from storage.open import open_storage
+
+__all__ = [
+    "StorageClosedError",
+    "StorageEngine",
+    "StorageError",
+    "UnsupportedDatabaseError",
+    "open_storage",
+]

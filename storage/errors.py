@@ -1,0 +1,13 @@
+"""The storage layer's exceptions (the tree is drawn in ``storage/__init__.py``)."""
+
+
+class StorageError(Exception):
+    """Base class of every error the storage layer raises on purpose."""
+
+
+class StorageClosedError(StorageError):
+    """The engine is not running: it was never started, or it has shut down. Start it with ``run``."""
+
+
+class UnsupportedDatabaseError(StorageError):
+    """The database URL names an engine this build cannot open."""

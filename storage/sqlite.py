@@ -1,0 +1,84 @@
+"""The SQLite storage engine: the async face of :class:`SqliteStore`, run on one dedicated thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+
+from storage.errors import StorageClosedError
+from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
+from storage.sqlite_store import SqliteStore, Synchronous
+from storage.worker import WorkerThread
+
+log = logging.getLogger(__name__)
+
+
+class SqliteEngine:
+    """Implements :class:`storage.engine.StorageEngine` on an embedded SQLite file (WAL mode)."""
+
+    def __init__(self, path: str, *, synchronous: Synchronous = "FULL") -> None:
+        self.path = path
+        self._synchronous: Synchronous = synchronous
+        self._thread = WorkerThread("sqlite-storage")
+        self._store: SqliteStore | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._thread.run)
+            try:
+                self._store = await self._thread.call(partial(SqliteStore, self.path, synchronous=self._synchronous))
+                log.info(
+                    "sqlite storage open at %s (schema version %d found)",
+                    self.path,
+                    self._store.schema_version_found,
+                )
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                # Shielded: closing must finish even though we are being cancelled. Jobs queued before
+                # the close run first, so every accepted write is committed before the file is closed.
+                # Then the thread is told to stop, and the nursery waits for it.
+                with trio.CancelScope(shield=True):
+                    if self._store is not None:
+                        await self._thread.call(self._store.close)
+                        self._store = None
+                self._thread.stop()
+
+    @property
+    def _open(self) -> SqliteStore:
+        if self._store is None:
+            raise StorageClosedError("the sqlite engine is not open; start it with run()")
+        return self._store
+
+    async def insert_users(self, users: Sequence[UserRecord]) -> list[bool]:
+        return await self._thread.call(self._open.insert_users, users)
+
+    async def get_users(self, usernames: Sequence[str]) -> dict[str, UserRecord]:
+        return await self._thread.call(self._open.get_users, usernames)
+
+    async def delete_all_users(self) -> int:
+        return await self._thread.call(self._open.delete_all_users)
+
+    async def load_rooms(self) -> list[RoomRecord]:
+        return await self._thread.call(self._open.load_rooms)
+
+    async def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
+        await self._thread.call(self._open.insert_rooms, rooms)
+
+    async def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None:
+        await self._thread.call(self._open.set_participants, room_id, tuple(participants), updated_at)
+
+    async def delete_room(self, room_id: str) -> None:
+        await self._thread.call(self._open.delete_room, room_id)
+
+    async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
+        return await self._thread.call(self._open.append_messages, batch)
+
+    async def history(self, query: HistoryQuery) -> list[StoredMessage]:
+        return await self._thread.call(self._open.history, query)
+
+    async def delete_all_messages(self) -> tuple[int, int]:
+        return await self._thread.call(self._open.delete_all_messages)

@@ -1,0 +1,201 @@
+"""The synchronous SQLite core. Every method runs on the engine's one worker thread, never on the loop.
+
+It also owns the per-room ``seq`` counters: they live here, beside the connection, so that assigning a
+seq and committing it happen on the same thread in the same transaction. A failed transaction restores
+the counters, so seqs stay gap-free in commit order.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
+from storage.sqlite_schema import migrate, transaction
+from storage.timefmt import iso_utc
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+
+_participants_encoder = msgspec.json.Encoder()
+_participants_decoder = msgspec.json.Decoder(tuple[str, ...])
+
+_MESSAGE_COLUMNS = "id, room_id, seq, sender, content, timestamp, created_at, client_msg_id"
+
+
+def _message(row: tuple[str, str, int, str, str, str, str, str | None]) -> StoredMessage:
+    return StoredMessage(*row)
+
+
+class SqliteStore:
+    """One connection, one thread: see the module docstring."""
+
+    def __init__(self, path: str, *, synchronous: Synchronous = "FULL") -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see sqlite_schema.transaction).
+        # check_same_thread=False: the connection is created on the worker thread's caller at open time
+        # only in tests; in the engine every call, open included, happens on the worker thread.
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
+        # FULL makes each commit durable against power loss; group commit pays the fsync once per batch.
+        self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self.schema_version_found = migrate(self._conn)
+        self._last_seq: dict[str, int] = dict(self._conn.execute("SELECT room_id, last_seq FROM rooms"))
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- users -------------------------------------------------------------------------------------
+    def insert_users(self, users: Sequence[UserRecord]) -> list[bool]:
+        inserted: list[bool] = []
+        with transaction(self._conn) as conn:
+            for u in users:
+                cur = conn.execute(
+                    "INSERT INTO users (id, username, password_hash, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (username) DO NOTHING",
+                    (u.id, u.username, u.password_hash, u.created_at, u.updated_at),
+                )
+                inserted.append(cur.rowcount == 1)
+        return inserted
+
+    def get_users(self, usernames: Sequence[str]) -> dict[str, UserRecord]:
+        found: dict[str, UserRecord] = {}
+        wanted = list(dict.fromkeys(usernames))
+        # SQLite's default limit on bound parameters is 32766; stay far below it.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                f"SELECT id, username, password_hash, created_at, updated_at FROM users WHERE username IN ({marks})",
+                chunk,
+            ):
+                found[row[1]] = UserRecord(*row)
+        return found
+
+    def delete_all_users(self) -> int:
+        with transaction(self._conn) as conn:
+            return conn.execute("DELETE FROM users").rowcount
+
+    # -- rooms -------------------------------------------------------------------------------------
+    def load_rooms(self) -> list[RoomRecord]:
+        rows = self._conn.execute(
+            "SELECT room_id, name, participants, created_by, created_at, updated_at FROM rooms ORDER BY pk"
+        )
+        return [
+            RoomRecord(rid, name, _participants_decoder.decode(parts), by, created, updated)
+            for rid, name, parts, by, created, updated in rows
+        ]
+
+    def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
+        with transaction(self._conn) as conn:
+            conn.executemany(
+                "INSERT INTO rooms (room_id, name, participants, created_by, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.room_id,
+                        r.name,
+                        _participants_encoder.encode(r.participants),
+                        r.created_by,
+                        r.created_at,
+                        r.updated_at,
+                    )
+                    for r in rooms
+                ],
+            )
+        for r in rooms:
+            self._last_seq[r.room_id] = 0
+
+    def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None:
+        with transaction(self._conn) as conn:
+            conn.execute(
+                "UPDATE rooms SET participants = ?, updated_at = ? WHERE room_id = ?",
+                (_participants_encoder.encode(list(participants)), updated_at, room_id),
+            )
+
+    def delete_room(self, room_id: str) -> None:
+        with transaction(self._conn) as conn:
+            conn.execute("DELETE FROM messages WHERE room_id = ?", (room_id,))
+            conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+        self._last_seq.pop(room_id, None)
+
+    # -- messages ----------------------------------------------------------------------------------
+    def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
+        saved_counters = dict(self._last_seq)
+        try:
+            with transaction(self._conn) as conn:
+                results = [self._append_one(conn, m, iso_utc(time.time())) for m in batch]
+                touched = {r.message.room_id for r in results if r.message is not None and not r.duplicate}
+                conn.executemany(
+                    "UPDATE rooms SET last_seq = ? WHERE room_id = ?",
+                    [(self._last_seq[room_id], room_id) for room_id in touched],
+                )
+        except BaseException:
+            self._last_seq = saved_counters  # nothing was committed: hand the seqs out again
+            raise
+        return results
+
+    def _append_one(self, conn: sqlite3.Connection, m: NewMessage, created_at: str) -> Appended:
+        last = self._last_seq.get(m.room_id)
+        if last is None:
+            return Appended(message=None)  # the room was deleted while the message waited
+        if m.client_msg_id is not None:
+            row = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND sender = ? AND client_msg_id = ?",
+                (m.room_id, m.sender, m.client_msg_id),
+            ).fetchone()
+            if row is not None:
+                return Appended(message=_message(row), duplicate=True)
+        seq = last + 1
+        conn.execute(
+            "INSERT INTO messages (id, room_id, seq, sender, content, ts_ms, timestamp, created_at,"
+            " client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                m.id,
+                m.room_id,
+                seq,
+                m.sender,
+                m.content,
+                m.timestamp_ms,
+                m.timestamp,
+                created_at,
+                m.client_msg_id,
+            ),
+        )
+        self._last_seq[m.room_id] = seq
+        stored = StoredMessage(m.id, m.room_id, seq, m.sender, m.content, m.timestamp, created_at, m.client_msg_id)
+        return Appended(message=stored)
+
+    def history(self, q: HistoryQuery) -> list[StoredMessage]:
+        where = ["room_id = ?"]
+        args: list[object] = [q.room_id]
+        if q.after_seq is not None:
+            where.append("seq > ?")
+            args.append(q.after_seq)
+        if q.before_seq is not None:
+            where.append("seq < ?")
+            args.append(q.before_seq)
+        if q.since_ms is not None:
+            where.append("ts_ms > ?")
+            args.append(q.since_ms)
+        # Forward paging reads the oldest rows after the cursor; otherwise the newest, then reverses.
+        direction = "ASC" if q.after_seq is not None else "DESC"
+        rows = self._conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY seq {direction} LIMIT ?",
+            [*args, q.limit],
+        ).fetchall()
+        if direction == "DESC":
+            rows.reverse()
+        return [_message(r) for r in rows]
+
+    def delete_all_messages(self) -> tuple[int, int]:
+        with transaction(self._conn) as conn:
+            rooms = conn.execute("SELECT COUNT(DISTINCT room_id) FROM messages").fetchone()[0]
+            deleted = conn.execute("DELETE FROM messages").rowcount
+        return deleted, int(rooms)

@@ -1,0 +1,29 @@
+"""Timestamps in the original server's format: ISO-8601 UTC with milliseconds and ``Z``."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def iso_utc(seconds: float) -> str:
+    """``1750748534.663`` → ``2025-06-24T07:02:14.663Z`` (JavaScript's ``Date.toISOString``)."""
+    ms = int(seconds * 1000)
+    whole, frac = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{frac:03d}Z"
+
+
+def parse_date_ms(text: str) -> int | None:
+    """Milliseconds since the epoch for an ISO-8601 date or date-time; None when it cannot be parsed.
+
+    A date-time without an offset is read as UTC (JavaScript would use the server's local zone; our
+    server runs in UTC). Unparseable input gives None, and the caller treats it as JavaScript's
+    ``Invalid Date``: every comparison with it is false.
+    """
+    try:
+        parsed = datetime.fromisoformat(text.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
