@@ -1,0 +1,215 @@
+"""The SQLite storage: the synchronous core directly, and the async engine on its worker thread."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from storage import open_storage
+from storage.errors import StorageClosedError, UnsupportedDatabaseError
+from storage.records import HistoryQuery, NewMessage, RoomRecord, UserRecord
+from storage.sqlite import SqliteEngine
+from storage.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError
+from storage.sqlite_store import SqliteStore
+from storage.timefmt import iso_utc
+
+NOW = "2026-01-01T00:00:00.000Z"
+
+
+def room(room_id: str, *members: str) -> RoomRecord:
+    return RoomRecord(room_id, f"room {room_id}", members or ("alice",), "alice", NOW, NOW)
+
+
+def message(room_id: str, n: int, *, sender: str = "alice", client_msg_id: str | None = None) -> NewMessage:
+    return NewMessage(
+        f"{room_id}-{n}-{time.monotonic_ns()}", room_id, sender, f"m{n}", NOW, 1_767_225_600_000, client_msg_id
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(str(tmp_path / "s.db"))
+
+
+# -- schema ------------------------------------------------------------------------------------------
+def test_fresh_database_gets_wal_and_current_schema(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "nested" / "dir" / "s.db"))
+    assert store.schema_version_found == 0
+    store.close()
+    conn = sqlite3.connect(tmp_path / "nested" / "dir" / "s.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    plan = conn.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM messages WHERE room_id = ? AND seq < ? ORDER BY seq DESC LIMIT 100", ("r", 5)
+    ).fetchall()
+    assert any("messages_room_seq" in row[-1] for row in plan), plan
+    assert SqliteStore(str(tmp_path / "nested" / "dir" / "s.db")).schema_version_found == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SchemaTooNewError, match="upgrade the server"):
+        SqliteStore(str(path))
+
+
+# -- users and rooms ---------------------------------------------------------------------------------
+def test_users_unique_case_sensitive(store: SqliteStore) -> None:
+    def user(name: str) -> UserRecord:
+        return UserRecord(f"id-{name}-{time.monotonic_ns()}", name, "$2b$04$hash", NOW, NOW)
+
+    assert store.insert_users([user("a"), user("A"), user("a")]) == [True, True, False]
+    assert set(store.get_users(["a", "A", "nobody"])) == {"a", "A"}
+    assert store.delete_all_users() == 2
+    assert store.get_users(["a"]) == {}
+
+
+def test_rooms_round_trip_in_creation_order(store: SqliteStore) -> None:
+    store.insert_rooms([room("r2", "alice", "bob"), room("r1", "carol")])
+    store.set_participants("r2", ["alice", "bob", "dave"], "2026-01-02T00:00:00.000Z")
+    loaded = store.load_rooms()
+    assert [r.room_id for r in loaded] == ["r2", "r1"]
+    assert loaded[0].participants == ("alice", "bob", "dave")
+    assert loaded[0].updated_at == "2026-01-02T00:00:00.000Z"
+
+
+# -- messages ----------------------------------------------------------------------------------------
+def test_append_assigns_seq_per_room_and_skips_deleted_rooms(store: SqliteStore) -> None:
+    store.insert_rooms([room("r1"), room("r2")])
+    results = store.append_messages([message("r1", 1), message("r2", 1), message("r1", 2), message("gone", 1)])
+    assert [(r.message.room_id, r.message.seq) if r.message else None for r in results] == [
+        ("r1", 1),
+        ("r2", 1),
+        ("r1", 2),
+        None,
+    ]
+    assert all(not r.duplicate for r in results)
+
+
+def test_client_msg_id_makes_appends_idempotent(store: SqliteStore) -> None:
+    store.insert_rooms([room("r1", "alice", "bob")])
+    [first] = store.append_messages([message("r1", 1, client_msg_id="c-1")])
+    retry, other_sender, same_batch_a, same_batch_b = store.append_messages(
+        [
+            message("r1", 9, client_msg_id="c-1"),
+            message("r1", 2, sender="bob", client_msg_id="c-1"),
+            message("r1", 3, client_msg_id="c-2"),
+            message("r1", 4, client_msg_id="c-2"),
+        ]
+    )
+    assert retry.duplicate and retry.message == first.message
+    assert not other_sender.duplicate and other_sender.message is not None and other_sender.message.seq == 2
+    assert same_batch_a.message is not None and same_batch_a.message.seq == 3
+    assert same_batch_b.duplicate and same_batch_b.message == same_batch_a.message
+    assert [m.seq for m in store.history(HistoryQuery("r1", 100))] == [1, 2, 3]
+
+
+def test_failed_batch_hands_out_the_same_seqs_again(store: SqliteStore) -> None:
+    store.insert_rooms([room("r1")])
+    store.append_messages([message("r1", 1)])
+    clash = message("r1", 2)
+    with pytest.raises(sqlite3.IntegrityError):  # the same message id twice: the whole batch rolls back
+        store.append_messages([clash, message("r1", 3), clash])
+    [ok] = store.append_messages([message("r1", 4)])
+    assert ok.message is not None and ok.message.seq == 2
+    assert [m.seq for m in store.history(HistoryQuery("r1", 100))] == [1, 2]
+
+
+def test_seq_survives_reopen_and_delete_all(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.db")
+    store = SqliteStore(path)
+    store.insert_rooms([room("r1")])
+    store.append_messages([message("r1", i) for i in range(3)])
+    assert store.delete_all_messages() == (3, 1)
+    store.close()
+    store = SqliteStore(path)
+    [appended] = store.append_messages([message("r1", 9)])
+    assert appended.message is not None and appended.message.seq == 4
+
+
+def test_delete_room_removes_its_messages(store: SqliteStore) -> None:
+    store.insert_rooms([room("r1"), room("r2")])
+    store.append_messages([message("r1", 1), message("r2", 1)])
+    store.delete_room("r1")
+    assert store.history(HistoryQuery("r1", 100)) == []
+    assert len(store.history(HistoryQuery("r2", 100))) == 1
+    assert store.append_messages([message("r1", 2)])[0].message is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.sampled_from(["r1", "r2", "r3"]), min_size=1, max_size=12), min_size=1, max_size=8))
+def test_property_seq_is_gap_free_and_ordered_for_any_interleaving(
+    tmp_path_factory: pytest.TempPathFactory, batches: list[list[str]]
+) -> None:
+    """For any sequence of batches mixing rooms, each room's seqs are 1..n in the order the messages came."""
+    store = SqliteStore(str(tmp_path_factory.mktemp("prop") / "s.db"))
+    store.insert_rooms([room("r1"), room("r2"), room("r3")])
+    sent: dict[str, list[str]] = {"r1": [], "r2": [], "r3": []}
+    for batch in batches:
+        msgs = [message(room_id, len(sent[room_id]) + i) for i, room_id in enumerate(batch)]
+        results = store.append_messages(msgs)
+        for m, r in zip(msgs, results, strict=True):
+            assert r.message is not None and r.message.id == m.id
+            sent[m.room_id].append(m.id)
+    for room_id, ids in sent.items():
+        stored = store.history(HistoryQuery(room_id, 1000, after_seq=0))
+        assert [m.seq for m in stored] == list(range(1, len(ids) + 1))
+        assert [m.id for m in stored] == ids
+    store.close()
+
+
+# -- the async engine --------------------------------------------------------------------------------
+async def test_engine_concurrent_appends_from_many_tasks(tmp_path: Path) -> None:
+    engine = SqliteEngine(str(tmp_path / "e.db"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.insert_rooms([room("r1"), room("r2")])
+        seqs: dict[str, list[int]] = {"r1": [], "r2": []}
+
+        async def writer(room_id: str, n: int) -> None:
+            for i in range(20):
+                [r] = await engine.append_messages([message(room_id, n * 100 + i)])
+                assert r.message is not None
+                seqs[room_id].append(r.message.seq)
+
+        async with trio.open_nursery() as writers:
+            for n in range(10):
+                writers.start_soon(writer, "r1" if n % 2 else "r2", n)
+        assert sorted(seqs["r1"]) == list(range(1, 101)) and sorted(seqs["r2"]) == list(range(1, 101))
+        nursery.cancel_scope.cancel()
+
+
+async def test_engine_commits_writes_queued_before_shutdown(tmp_path: Path) -> None:
+    path = str(tmp_path / "e.db")
+    engine = SqliteEngine(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.insert_rooms([room("r1")])
+        pending = engine._thread.submit(engine._open.append_messages, [message("r1", i) for i in range(50)])
+        nursery.cancel_scope.cancel()  # shut down with the batch still queued
+    assert [m.seq for m in SqliteStore(path).history(HistoryQuery("r1", 100))] == list(range(1, 51))
+    assert (await pending.wait())[49].message is not None
+    with pytest.raises(StorageClosedError):
+        await engine.load_rooms()
+
+
+def test_open_storage_urls(tmp_path: Path) -> None:
+    engine = open_storage(f"sqlite:///{tmp_path}/x.db")
+    assert isinstance(engine, SqliteEngine) and engine.path == f"{tmp_path}/x.db"
+    relative = open_storage("sqlite:///data/x.db")
+    assert isinstance(relative, SqliteEngine) and relative.path == "data/x.db"
+    with pytest.raises(UnsupportedDatabaseError, match="sqlite:///"):
+        open_storage("mysql://localhost/db")
+
+
+def test_iso_timestamps_match_javascript() -> None:
+    assert iso_utc(1750748534.663) == "2025-06-24T07:02:14.663Z"
+    assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
