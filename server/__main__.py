@@ -12,6 +12,7 @@ import trio
 
 from server.config import Config, ConfigError, load_config
 from server.service import MinitalkServer
+from server.tokens import MIN_SECRET_BYTES
 from storage.errors import StorageError
 
 log = logging.getLogger("server")
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
             " token. Set JWT_SECRET before exposing this server.",
             config.jwt_secret,
         )
+    elif len(config.jwt_secret.encode()) < MIN_SECRET_BYTES:
+        log.warning("JWT_SECRET is shorter than %d bytes; RFC 7518 asks for at least that for HS256", MIN_SECRET_BYTES)
     try:
         trio.run(serve_until_signalled, config)
     except Exception as error:
