@@ -19,6 +19,7 @@ DEFAULT_JWT_SECRET = "your-secret-key"  # the original server's default (contrac
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+DeliveryMode = Literal["durable", "fast"]
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -36,6 +37,18 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_name_chars: Annotated[int, msgspec.Meta(ge=1)] = 256
     shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     sqlite_synchronous: Synchronous = "FULL"
+    delivery_mode: DeliveryMode = "durable"
+    batch_max: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    batch_linger: Annotated[float, msgspec.Meta(ge=0)] = 0.002
+    ingest_queue: Annotated[int, msgspec.Meta(ge=1)] = 16384
+    outbox_max_bytes: Annotated[int, msgspec.Meta(ge=4096)] = 4 * 1024 * 1024
+    outbox_max_messages: Annotated[int, msgspec.Meta(ge=16)] = 10_000
+    ping_interval: Annotated[float, msgspec.Meta(gt=0)] = 25.0
+    ping_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 45.0
+    max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    max_content_chars: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 20_000
 
     @property
     def uses_default_secret(self) -> bool:
@@ -134,6 +147,87 @@ OPTIONS: tuple[Option, ...] = (
         "SQLITE_SYNCHRONOUS",
         "SQLite PRAGMA synchronous: FULL survives power loss, NORMAL only a process crash (default FULL)",
         "MODE",
+    ),
+    Option(
+        "delivery_mode",
+        "--delivery-mode",
+        "DELIVERY_MODE",
+        "durable: broadcast and ack a message only after its batch is committed, so everything anyone saw is"
+        " stored; fast: broadcast at once, persist behind, ack after commit (default durable)",
+        "MODE",
+    ),
+    Option("batch_max", "--batch-max", "BATCH_MAX", "most messages in one group commit (default 2048)", "N"),
+    Option(
+        "batch_linger",
+        "--batch-linger",
+        "BATCH_LINGER",
+        "seconds a batch waits for more messages after its first (default 0.002): trades up to that much"
+        " latency for fewer commits at moderate load",
+        "SECONDS",
+    ),
+    Option(
+        "ingest_queue",
+        "--ingest-queue",
+        "INGEST_QUEUE",
+        "messages accepted but not yet committed, at most (default 16384); when full, senders wait: backpressure",
+        "N",
+    ),
+    Option(
+        "outbox_max_bytes",
+        "--outbox-max-bytes",
+        "OUTBOX_MAX_BYTES",
+        "bytes queued to one client before it is disconnected as a slow consumer (default 4194304 = 4 MiB)",
+        "BYTES",
+    ),
+    Option(
+        "outbox_max_messages",
+        "--outbox-max-messages",
+        "OUTBOX_MAX_MESSAGES",
+        "packets queued to one client before it is disconnected as a slow consumer (default 10000)",
+        "N",
+    ),
+    Option(
+        "ping_interval",
+        "--ping-interval",
+        "PING_INTERVAL",
+        "seconds between server pings (default 25, as the original; keep below nginx's 60 s)",
+        "SECONDS",
+    ),
+    Option(
+        "ping_timeout",
+        "--ping-timeout",
+        "PING_TIMEOUT",
+        "seconds to wait for a pong before dropping the client (default 60, as the original)",
+        "SECONDS",
+    ),
+    Option(
+        "connect_timeout",
+        "--connect-timeout",
+        "CONNECT_TIMEOUT",
+        "seconds a session may stay without a Socket.IO CONNECT (default 45, as Socket.IO)",
+        "SECONDS",
+    ),
+    Option(
+        "max_packet_bytes",
+        "--max-packet-bytes",
+        "MAX_PACKET_BYTES",
+        "largest websocket message or polling payload, in bytes, advertised as maxPayload (default 1048576;"
+        " the original's 100 MB let one client hold 100 MB)",
+        "BYTES",
+    ),
+    Option(
+        "max_content_chars",
+        "--max-content-chars",
+        "MAX_CONTENT_CHARS",
+        "longest message content, in characters (default 10000)",
+        "N",
+    ),
+    Option(
+        "max_connections",
+        "--max-connections",
+        "MAX_CONNECTIONS",
+        "most Engine.IO sessions at once, in sessions (default 20000)",
+        "N",
     ),
 )
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
-from quart import Response, request
+from quart import Blueprint, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -20,12 +21,14 @@ log = logging.getLogger(__name__)
 _ALLOW_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
 
 
-def create_app(svc: Services) -> QuartTrio:
+def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
     app = QuartTrio("minitalk")
     app.config["MAX_CONTENT_LENGTH"] = svc.max_body_bytes
     app.url_map.strict_slashes = False  # Express matches /api/chatrooms/ as /api/chatrooms
     app.register_blueprint(auth_routes(svc))
     app.register_blueprint(chat_routes(svc))
+    for blueprint in extra:
+        app.register_blueprint(blueprint)
 
     @app.get("/health")
     async def health() -> Response:

@@ -30,6 +30,7 @@ class Room:
     __slots__ = (
         "created_at",
         "created_by",
+        "last_seq",
         "members",
         "name",
         "order",
@@ -47,6 +48,7 @@ class Room:
         self.created_at = record.created_at
         self.updated_at = record.updated_at
         self.order = order
+        self.last_seq = record.last_seq  # the fast mode hands out seqs from here
 
     def set_participants(self, participants: Iterable[str], updated_at: str) -> None:
         self.participants = list(participants)

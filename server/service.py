@@ -1,26 +1,37 @@
-"""The whole server as one service: storage, room registry, and the HTTP front, with their lifetimes.
+"""The whole server as one service, with every part's lifetime nested in the order it must stop.
 
-Start order: storage opens (schema migrated), the registry loads, then the listener binds, so no request
-is served before the data is ready. Stop order is the reverse: the listener drains (bounded by
-``shutdown_timeout``), then storage finishes every accepted write and closes.
+    storage            opens first (schema migrated), closes last
+    └── batcher        drains every accepted message into storage before storage closes
+        └── hub        sessions, heartbeat, the flusher, the app's lifespan
+            └── front door and its connections (REST, polling, websocket)
+
+Start: storage, registry load, batcher, hub, then the listener binds, so nothing is served before the
+data is ready. Stop (``request_shutdown``): stop accepting, close every session (websockets get a close
+frame, waiting polls get ``1``), let HTTP requests finish within ``shutdown_timeout``, then the batcher
+commits what was accepted, then storage closes.
 """
 
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from protocol.rest import Limits
 from server.config import Config
+from server.frontdoor import FrontDoor
 from server.http_app import create_app
+from server.http_handoff import HttpHandoff
+from server.hub import Hub, HubSettings, Ticket
+from server.metrics import Metrics
 from server.passwords import PasswordHasher
+from server.polling import polling_routes
 from server.rooms import RoomRegistry
 from server.services import Services
 from server.tokens import Tokens
+from server.ws_endpoint import WebSocketEndpoint
+from storage.batcher import WriteBehindBatcher
 from storage.engine import StorageEngine
 from storage.open import open_storage
 
@@ -29,7 +40,6 @@ log = logging.getLogger(__name__)
 
 def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc = hypercorn.config.Config()
-    hc.bind = [f"{config.host}:{config.port}"]
     hc.graceful_timeout = config.shutdown_timeout
     hc.accesslog = None  # an access log line per request would cost more than the request under load
     hc.include_server_header = False
@@ -37,19 +47,46 @@ def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     return hc
 
 
+def hub_settings(config: Config) -> HubSettings:
+    return HubSettings(
+        mode=config.delivery_mode,
+        ping_interval=config.ping_interval,
+        ping_timeout=config.ping_timeout,
+        connect_timeout=config.connect_timeout,
+        max_packet_bytes=config.max_packet_bytes,
+        max_content_chars=config.max_content_chars,
+        outbox_max_bytes=config.outbox_max_bytes,
+        outbox_max_messages=config.outbox_max_messages,
+        max_connections=config.max_connections,
+    )
+
+
 class MinitalkServer:
     def __init__(self, config: Config, *, storage: StorageEngine | None = None) -> None:
         self.config = config
         self.storage = storage or open_storage(config.database, sqlite_synchronous=config.sqlite_synchronous)
         self.registry = RoomRegistry(self.storage)
+        tokens = Tokens(config.jwt_secret)
+        self.metrics = Metrics()
+        self.hub = Hub(hub_settings(config), self.registry, tokens, self.metrics)
+        self.batcher: WriteBehindBatcher[Ticket] = WriteBehindBatcher(
+            self.storage,
+            self.hub,
+            max_batch=config.batch_max,
+            linger=config.batch_linger,
+            queue_size=config.ingest_queue,
+            observer=self.metrics,
+        )
+        self.hub.batcher = self.batcher
+        self.metrics.bind(self.hub.statistics, self.batcher.queue_depth)
         limits = Limits(config.max_batch_items, config.max_participants, config.max_name_chars)
         hasher = PasswordHasher(
             rounds=config.bcrypt_rounds, batch_rounds=config.bcrypt_batch_rounds, threads=config.hash_threads
         )
-        services = Services(
-            self.storage, self.registry, Tokens(config.jwt_secret), hasher, limits, config.max_body_bytes
-        )
-        self.app = create_app(services)
+        services = Services(self.storage, self.registry, tokens, hasher, limits, config.max_body_bytes)
+        app = create_app(services, extra=[polling_routes(self.hub, self.metrics)])
+        self.http = HttpHandoff(app, _hypercorn_config(config))
+        self.front_door = FrontDoor(self.http, WebSocketEndpoint(self.hub))
         self._shutdown = trio.Event()
 
     @property
@@ -57,26 +94,47 @@ class MinitalkServer:
         return self._shutdown.is_set()
 
     def request_shutdown(self) -> None:
-        """Begin a graceful stop: stop accepting, drain requests, flush storage; ``run`` then returns."""
+        """Begin a graceful stop; ``run`` returns when it is complete."""
         self._shutdown.set()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until ``request_shutdown``; reports the bound TCP port once listening."""
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.storage.run)
+        async with trio.open_nursery() as storage_scope:
+            await storage_scope.start(self.storage.run)
             try:
                 await self.registry.load()
-                serve = partial(
-                    hypercorn.trio.serve,
-                    self.app,
-                    _hypercorn_config(self.config),
-                    shutdown_trigger=self._shutdown.wait,
-                )
-                async with trio.open_nursery() as http:
-                    binds: list[str] = await http.start(serve)
-                    port = int(binds[0].rsplit(":", 1)[1])
-                    log.info("minitalk-trio listening on http://%s:%d", self.config.host, port)
-                    task_status.started(port)
-                log.info("HTTP stopped; closing storage")
+                async with trio.open_nursery() as batcher_scope:
+                    await batcher_scope.start(self.batcher.run)
+                    try:
+                        await self._serve(task_status)
+                    finally:
+                        batcher_scope.cancel_scope.cancel()  # drains, shielded, before returning
+                log.info("all accepted messages committed (%d this run)", self.batcher.committed_messages)
             finally:
-                nursery.cancel_scope.cancel()  # storage.run flushes and closes, shielded, on its way out
+                storage_scope.cancel_scope.cancel()  # closes the database, shielded
+
+    async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
+        async with trio.open_nursery() as hub_scope:
+            await hub_scope.start(self.hub.run)
+            await hub_scope.start(self.http.run)
+            listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
+            port = int(listeners[0].socket.getsockname()[1])
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(self.front_door.serve, listeners, connections)
+                    log.info(
+                        "minitalk-trio listening on http://%s:%d (%s mode)",
+                        self.config.host,
+                        port,
+                        self.config.delivery_mode,
+                    )
+                    task_status.started(port)
+                    await self._shutdown.wait()
+                    accepting.cancel_scope.cancel()
+                for listener in listeners:
+                    await listener.aclose()
+                log.info("stopped accepting; closing %d sessions", len(self.hub.sessions))
+                self.hub.close_all("server shutting down")
+                await self.http.begin_shutdown()
+                connections.cancel_scope.deadline = trio.current_time() + self.config.shutdown_timeout
+            hub_scope.cancel_scope.cancel()

@@ -24,6 +24,8 @@ class RoomRecord(msgspec.Struct, frozen=True):
     created_by: str
     created_at: str
     updated_at: str
+    last_seq: int = 0
+    """The highest seq ever committed in this room (survives delete-all)."""
 
 
 class NewMessage(msgspec.Struct, frozen=True):
@@ -38,6 +40,9 @@ class NewMessage(msgspec.Struct, frozen=True):
     timestamp_ms: int
     """The same instant in milliseconds since the epoch, for ``since`` comparisons."""
     client_msg_id: str | None = None
+    seq: int | None = None
+    """None: storage assigns the room's next seq at commit (durable mode). Set: assigned by the server
+    before a fast-mode broadcast; storage writes it as given."""
 
 
 class StoredMessage(msgspec.Struct, frozen=True):

@@ -85,11 +85,11 @@ class SqliteStore:
     # -- rooms -------------------------------------------------------------------------------------
     def load_rooms(self) -> list[RoomRecord]:
         rows = self._conn.execute(
-            "SELECT room_id, name, participants, created_by, created_at, updated_at FROM rooms ORDER BY pk"
+            "SELECT room_id, name, participants, created_by, created_at, updated_at, last_seq FROM rooms ORDER BY pk"
         )
         return [
-            RoomRecord(rid, name, _participants_decoder.decode(parts), by, created, updated)
-            for rid, name, parts, by, created, updated in rows
+            RoomRecord(rid, name, _participants_decoder.decode(parts), by, created, updated, self._last_seq[rid])
+            for rid, name, parts, by, created, updated, _ in rows
         ]
 
     def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
@@ -152,7 +152,7 @@ class SqliteStore:
             ).fetchone()
             if row is not None:
                 return Appended(message=_message(row), duplicate=True)
-        seq = last + 1
+        seq = last + 1 if m.seq is None else m.seq
         conn.execute(
             "INSERT INTO messages (id, room_id, seq, sender, content, ts_ms, timestamp, created_at,"
             " client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -168,7 +168,7 @@ class SqliteStore:
                 m.client_msg_id,
             ),
         )
-        self._last_seq[m.room_id] = seq
+        self._last_seq[m.room_id] = max(last, seq)
         stored = StoredMessage(m.id, m.room_id, seq, m.sender, m.content, m.timestamp, created_at, m.client_msg_id)
         return Appended(message=stored)
 

@@ -1,0 +1,79 @@
+"""Hands plain HTTP connections to hypercorn's trio protocol stack, after the front door has looked at them.
+
+This replaces ``hypercorn.trio.serve``'s listener loop (which would own the port) with two calls: ``run``
+does the ASGI lifespan (Quart's startup and shutdown), and ``serve`` runs hypercorn's ``TCPServer`` on a
+stream the front door accepted. The bytes the front door already read are replayed first. It uses
+hypercorn's trio internals (``TCPServer``, ``Lifespan``, ``WorkerContext``), so pyproject pins hypercorn to
+the minor versions this was written against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hypercorn.config
+import trio
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+from hypercorn.utils import wrap_app
+
+
+class ReplayStream(trio.abc.Stream):
+    """A socket stream whose first reads return bytes already consumed from it."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self._stream = stream
+        self._prefix = prefix
+        self.socket = stream.socket  # hypercorn reads peer and local addresses from here
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class HttpHandoff:
+    def __init__(self, app: Any, config: hypercorn.config.Config) -> None:
+        self._config = config
+        self._app = wrap_app(app, config.wsgi_max_body_size, None)
+        self._context = WorkerContext(None)
+        self._state: dict[str, Any] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The app's lifespan: started before the first request, shut down after the last."""
+        lifespan = Lifespan(self._app, self._config, self._state)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(self._config.graceful_timeout):
+                    await lifespan.wait_for_shutdown()
+                nursery.cancel_scope.cancel()
+
+    async def begin_shutdown(self) -> None:
+        """Tell open keep-alive connections to finish their request and close."""
+        await self._context.terminated.set()
+
+    async def serve(self, stream: trio.SocketStream, already_read: bytes) -> None:
+        replay: Any = ReplayStream(stream, already_read)  # hypercorn types it as SSLStream; a Stream suffices
+        server = TCPServer(self._app, self._config, self._context, ConnectionState(self._state.copy()), replay)
+        await server.run()

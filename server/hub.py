@@ -1,0 +1,370 @@
+"""The realtime hub: Engine.IO sessions, Socket.IO rooms, the chat events, and broadcast.
+
+Rooms here are *subscriptions* (which sessions receive a room's ``message`` broadcasts), as Socket.IO
+rooms are; *membership* (who may send) lives in the room registry. They differ on purpose (contract
+§3.2-3.4): a user who leaves by REST keeps receiving until ``leave_room`` or reconnect; ``leave_room``
+stops the broadcasts but not the right to send.
+
+Send path (contract §3.3 and §8): validate once (decode), check membership in memory, stamp id and time,
+hand the message to the write-behind batcher (awaiting only when its queue is full: backpressure). In
+**durable** mode the batcher's commit callback broadcasts and acks, so everything anyone saw is stored;
+in **fast** mode the broadcast happens at once (seq assigned here) and the ack still waits for the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from typing import Literal
+
+import msgspec
+import trio
+
+from protocol import engineio, socketio
+from protocol.engineio import OpenPayload, PacketType
+from protocol.errors import SocketIOError
+from protocol.events import (
+    ERR_NOT_MEMBER,
+    ERR_SEND_FAILED,
+    AckError,
+    AckOk,
+    Ignored,
+    JoinRoom,
+    LeaveRoom,
+    MessageOut,
+    Rejected,
+    SendMessage,
+    ack_packet,
+    decode_event,
+    error_packet,
+    event_packet,
+)
+from protocol.socketio import SioType
+from protocol.websocket import frame
+from server.metrics import Metrics
+from server.outbox import Flusher
+from server.rooms import RoomRegistry
+from server.session import Session
+from server.tokens import Tokens
+from storage.batcher import WriteBehindBatcher
+from storage.ids import new_id
+from storage.records import Appended, NewMessage
+from storage.timefmt import iso_utc
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["durable", "fast"]
+AUTH_ERROR = b'44{"message":"Authentication error"}'
+
+
+class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
+    mode: Mode = "durable"
+    ping_interval: float = 25.0
+    ping_timeout: float = 60.0
+    connect_timeout: float = 45.0
+    max_packet_bytes: int = 1024 * 1024
+    max_content_chars: int = 10_000
+    outbox_max_bytes: int = 4 * 1024 * 1024
+    outbox_max_messages: int = 10_000
+    max_connections: int = 20_000
+    recent_ids: int = 100_000
+
+
+class Ticket:
+    """Who to answer when a message is committed."""
+
+    __slots__ = ("ack_id", "session")
+
+    def __init__(self, session: Session, ack_id: int | None) -> None:
+        self.session = session
+        self.ack_id = ack_id
+
+
+class Hub:
+    def __init__(self, settings: HubSettings, registry: RoomRegistry, tokens: Tokens, metrics: Metrics) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.tokens = tokens
+        self.metrics = metrics
+        self.flusher = Flusher()
+        self.sessions: dict[str, Session] = {}
+        self._subscribers: dict[str, set[Session]] = {}
+        self._doomed: list[tuple[Session, str]] = []
+        self._reaper = trio.lowlevel.ParkingLot()
+        self._recent: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # fast mode's idempotency window
+        self.batcher: WriteBehindBatcher[Ticket] | None = None
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.flusher.run)
+            nursery.start_soon(self._heartbeat)
+            nursery.start_soon(self._reap)
+            nursery.start_soon(self.metrics.watch_loop_lag)
+            task_status.started()
+
+    def close_all(self, reason: str) -> None:
+        for session in list(self.sessions.values()):
+            self.close_session(session, reason)
+
+    # -- sessions ----------------------------------------------------------------------------------
+    def open_session(self, token: str | None) -> Session | None:
+        """A new Engine.IO session, or None when the connection limit is reached."""
+        if len(self.sessions) >= self.settings.max_connections:
+            return None
+        s = self.settings
+        session = Session(
+            secrets.token_urlsafe(15),
+            token,
+            now=trio.current_time(),
+            ping_interval=s.ping_interval,
+            connect_timeout=s.connect_timeout,
+            max_queue_bytes=s.outbox_max_bytes,
+            max_queue_packets=s.outbox_max_messages,
+            on_overflow=self.overflowed,
+        )
+        self.sessions[session.sid] = session
+        return session
+
+    def open_packet(self, session: Session, *, upgrades: list[str]) -> bytes:
+        s = self.settings
+        payload = OpenPayload(
+            session.sid, upgrades, int(s.ping_interval * 1000), int(s.ping_timeout * 1000), s.max_packet_bytes
+        )
+        return engineio.encode_open(payload).encode()
+
+    def close_session(self, session: Session, reason: str) -> None:
+        if session.closed and session.sid not in self.sessions:
+            return
+        self.sessions.pop(session.sid, None)
+        self._unsubscribe_all(session)
+        session.close_reason = reason
+        session.close_transport()
+        log.debug("session %s closed: %s", session.sid, reason)
+
+    def overflowed(self, session: Session, reason: str) -> None:
+        # Called from inside a broadcast loop: close later, so the loop's set is not changed under it.
+        self._doomed.append((session, reason))
+        self._reaper.unpark()
+
+    async def _reap(self) -> None:
+        while True:
+            await self._reaper.park()
+            doomed, self._doomed = self._doomed, []
+            for session, reason in doomed:
+                if not session.closed:
+                    log.warning("disconnecting slow consumer %s (%s): %s", session.sid, session.user, reason)
+                    self.metrics.slow_consumer_disconnects.inc()
+                    self.close_session(session, f"slow consumer: {reason}")
+
+    async def _heartbeat(self) -> None:
+        tick = min(1.0, self.settings.ping_interval / 4, self.settings.connect_timeout / 4)
+        while True:
+            await trio.sleep(tick)
+            now = trio.current_time()
+            for session in list(self.sessions.values()):
+                if session.sio_sid is None and session.user is None and now > session.connect_deadline:
+                    self.close_session(session, "no Socket.IO CONNECT in time")
+                elif session.pong_deadline is not None:
+                    if now > session.pong_deadline:
+                        self.close_session(session, "ping timeout")
+                elif now >= session.next_ping:
+                    session.send(b"2")
+                    session.pong_deadline = now + self.settings.ping_timeout
+
+    # -- inbound -----------------------------------------------------------------------------------
+    async def on_packet(self, session: Session, kind: int, data: str) -> None:
+        """One Engine.IO packet from the client, in arrival order."""
+        if kind == PacketType.MESSAGE:
+            await self._on_socketio(session, data)
+        elif kind == PacketType.PONG:
+            session.pong_deadline = None
+            session.next_ping = trio.current_time() + self.settings.ping_interval
+        elif kind == PacketType.PING:
+            session.send(b"3" + data.encode())
+        elif kind == PacketType.CLOSE:
+            self.close_session(session, "client closed")
+        # OPEN, UPGRADE (handled by the websocket endpoint), NOOP and binary packets: nothing to do.
+
+    async def _on_socketio(self, session: Session, text: str) -> None:
+        try:
+            packet = socketio.decode(text)
+        except SocketIOError as exc:
+            self.close_session(session, f"bad Socket.IO packet: {exc}")
+            return
+        if packet.namespace != "/":
+            if packet.type == SioType.CONNECT:
+                session.send(b"44" + packet.namespace.encode() + b',{"message":"Invalid namespace"}')
+            return
+        if packet.type == SioType.CONNECT:
+            self._connect(session)
+        elif packet.type == SioType.DISCONNECT:
+            self._unsubscribe_all(session)
+            session.sio_sid = None
+        elif packet.type == SioType.EVENT and session.sio_sid is not None:
+            await self._on_event(session, packet)
+
+    def _connect(self, session: Session) -> None:
+        user = self.tokens.username(session.token) if session.token else None
+        if user is None:
+            session.send(AUTH_ERROR)
+            return
+        session.user = user
+        session.sio_sid = session.sio_sid or secrets.token_urlsafe(15)
+        session.send(b'40{"sid":"' + session.sio_sid.encode() + b'"}')
+        for room in self.registry.rooms_of(user):  # auto-join every room the user is in (§3.2)
+            self._subscribe(session, room.room_id)
+
+    async def _on_event(self, session: Session, packet: socketio.SioPacket) -> None:
+        try:
+            event = decode_event(packet.data)
+        except msgspec.DecodeError:
+            self.close_session(session, "malformed JSON in an event")
+            return
+        if isinstance(event, SendMessage):
+            await self._send_message(session, event, packet.ack_id)
+        elif isinstance(event, JoinRoom):
+            room_id = event.data.roomId
+            if self.registry.is_member(room_id, session.user or ""):
+                self._subscribe(session, room_id)
+                session.send(event_packet("joined_room", {"roomId": room_id}))
+            else:
+                session.send(error_packet(ERR_NOT_MEMBER))
+        elif isinstance(event, LeaveRoom):
+            self._unsubscribe(session, event.data.roomId)
+            session.send(event_packet("left_room", {"roomId": event.data.roomId}))
+        elif isinstance(event, Rejected):
+            self._reject(session, event.message, packet.ack_id if event.event == "send_message" else None)
+        else:
+            assert isinstance(event, Ignored)
+
+    def _reject(self, session: Session, message: str, ack_id: int | None) -> None:
+        self.metrics.messages_rejected.inc()
+        session.send(error_packet(message))
+        if ack_id is not None:
+            session.send(ack_packet(ack_id, AckError(message)))
+
+    async def _send_message(self, session: Session, event: SendMessage, ack_id: int | None) -> None:
+        data, user = event.data, session.user
+        assert user is not None
+        if len(data.content) > self.settings.max_content_chars:
+            self._reject(
+                session, f"Message content too long (limit {self.settings.max_content_chars} characters)", ack_id
+            )
+            return
+        room = self.registry.get(data.roomId)
+        if room is None or user not in room.members:
+            self._reject(session, ERR_NOT_MEMBER, ack_id)
+            return
+        now = time.time()
+        now_ms = int(now * 1000)
+        message = NewMessage(new_id(now_ms), room.room_id, user, data.content, iso_utc(now), now_ms, data.clientMsgId)
+        if self.settings.mode == "fast" and not self._seen_recently(room.room_id, user, data.clientMsgId):
+            room.last_seq += 1
+            message = msgspec.structs.replace(message, seq=room.last_seq)
+            self._broadcast_message(
+                MessageOut("message", room.room_id, user, data.content, message.timestamp, message.id, room.last_seq)
+            )
+        self.metrics.messages_accepted.inc()
+        assert self.batcher is not None
+        await self.batcher.submit(message, Ticket(session, ack_id))
+
+    def _seen_recently(self, room_id: str, user: str, client_msg_id: str | None) -> bool:
+        """Fast mode only: was this clientMsgId broadcast already? (A bounded window; storage has the rest.)"""
+        if client_msg_id is None:
+            return False
+        key = (room_id, user, client_msg_id)
+        if key in self._recent:
+            return True
+        self._recent[key] = None
+        if len(self._recent) > self.settings.recent_ids:
+            self._recent.popitem(last=False)
+        return False
+
+    # -- commit callback (runs in the batcher's task) ---------------------------------------------------
+    def committed(self, batch: list[tuple[NewMessage, Ticket]], results: list[Appended]) -> None:
+        durable = self.settings.mode == "durable"
+        for (_, ticket), result in zip(batch, results, strict=True):
+            stored = result.message
+            if stored is None:  # the room was deleted while the message waited
+                self._answer(ticket, AckError(ERR_NOT_MEMBER))
+                continue
+            if not result.duplicate:
+                room = self.registry.get(stored.room_id)
+                if room is not None and stored.seq > room.last_seq:
+                    room.last_seq = stored.seq
+                if durable:
+                    self._broadcast_message(
+                        MessageOut(
+                            "message",
+                            stored.room_id,
+                            stored.sender,
+                            stored.content,
+                            stored.timestamp,
+                            stored.id,
+                            stored.seq,
+                        )
+                    )
+            self._answer(ticket, AckOk(stored.id, stored.seq, stored.timestamp))
+
+    def failed(self, batch: list[tuple[NewMessage, Ticket]], error: BaseException) -> None:
+        log.error("a batch of %d messages could not be stored: %s", len(batch), error)
+        for _, ticket in batch:
+            if not ticket.session.closed:
+                ticket.session.send(error_packet(ERR_SEND_FAILED))
+            self._answer(ticket, AckError(ERR_SEND_FAILED))
+
+    def _answer(self, ticket: Ticket, ack: AckOk | AckError) -> None:
+        if ticket.ack_id is not None and not ticket.session.closed:
+            ticket.session.send(ack_packet(ticket.ack_id, ack))
+
+    # -- broadcast ---------------------------------------------------------------------------------
+    def _broadcast_message(self, message: MessageOut) -> None:
+        self.broadcast(message.roomId, _MESSAGE_PREFIX + _encoder.encode(message) + b"]")
+        self.metrics.messages_broadcast.inc()
+
+    def broadcast(self, room_id: str, packet: bytes) -> int:
+        """Send one packet to every subscriber of the room: encoded and framed once, no await."""
+        members = self._subscribers.get(room_id)
+        if not members:
+            return 0
+        ws_frame = frame(packet)
+        delivered = 0
+        for session in members:
+            if session.send(packet, ws_frame):
+                delivered += 1
+        self.metrics.deliveries.inc(delivered)
+        if delivered < len(members):
+            self.metrics.deliveries_dropped.inc(len(members) - delivered)
+        return delivered
+
+    def _subscribe(self, session: Session, room_id: str) -> None:
+        session.rooms.add(room_id)
+        self._subscribers.setdefault(room_id, set()).add(session)
+
+    def _unsubscribe(self, session: Session, room_id: str) -> None:
+        session.rooms.discard(room_id)
+        members = self._subscribers.get(room_id)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self._subscribers[room_id]
+
+    def _unsubscribe_all(self, session: Session) -> None:
+        for room_id in list(session.rooms):
+            self._unsubscribe(session, room_id)
+
+    def statistics(self) -> dict[str, int]:
+        by_transport = {"websocket": 0, "polling": 0}
+        outbox_bytes = 0
+        for session in self.sessions.values():
+            by_transport[session.transport] += 1
+            if session.ws is not None:
+                outbox_bytes += session.ws.nbytes
+        return {**by_transport, "outbox_bytes": outbox_bytes, "rooms": len(self._subscribers)}
+
+
+_encoder = msgspec.json.Encoder()
+_MESSAGE_PREFIX = b'42["message",'

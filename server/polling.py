@@ -1,0 +1,78 @@
+"""Engine.IO long-polling on ``/socket.io/`` through the quart-trio app, and ``GET /metrics``.
+
+Polling is the slow path: every client starts on it (contract §3.6-1) and most leave it within a few
+round trips by upgrading to websocket; a polling-only client keeps using it. Going through hypercorn
+costs a little per request and buys a correct HTTP/1.1 stack for free.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from quart import Blueprint, Response, request
+
+from protocol import engineio
+from protocol.errors import EngineIOError
+from server.hub import Hub
+from server.metrics import Metrics
+
+_TEXT = "text/plain; charset=UTF-8"
+
+
+def _error(code: int, message: str, status: int = 400) -> Response:
+    return Response(
+        msgspec.json.encode({"code": code, "message": message}), status=status, content_type="application/json"
+    )
+
+
+def polling_routes(hub: Hub, metrics: Metrics) -> Blueprint:
+    bp = Blueprint("engineio", __name__)
+    max_packets = max(16, hub.settings.max_packet_bytes // 2)  # POSTs are bounded by bytes (§3.6-7)
+
+    @bp.route("/socket.io/", methods=["GET", "POST"])
+    async def engineio_polling() -> Response:
+        args = request.args
+        if args.get("EIO") != "4":
+            return _error(5, "Unsupported protocol version")
+        if args.get("transport") != "polling":
+            return _error(0, "Transport unknown")
+        sid = args.get("sid")
+        if sid is None:
+            return await handshake()
+        session = hub.sessions.get(sid)
+        if session is None:
+            return _error(1, "Session ID unknown")
+        if session.ws is not None:
+            return _error(3, "Bad request")  # the session has moved to websocket
+        if request.method == "GET":
+            if session.poll_pending:
+                hub.close_session(session, "two polls at once")
+                return _error(3, "Bad request")
+            return Response(await session.poll(), content_type=_TEXT)
+        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        try:
+            packets = engineio.decode_payload(data.decode("utf-8"), max_packets=max_packets)
+        except (UnicodeDecodeError, EngineIOError) as exc:
+            hub.close_session(session, f"bad polling payload: {exc}")
+            return _error(3, "Bad request")
+        async with session.inbound:
+            for kind, payload in packets:
+                await hub.on_packet(session, kind, payload)
+                if session.closed:
+                    break
+        return Response(b"ok", content_type="text/html")
+
+    async def handshake() -> Response:
+        if request.method != "GET":
+            return _error(2, "Bad handshake method")
+        # The token: query parameter first, else the raw Authorization header (contract §2).
+        token = request.args.get("token") or request.headers.get("Authorization")
+        session = hub.open_session(token)
+        if session is None:
+            return _error(3, "Server at its connection limit", 503)
+        return Response(hub.open_packet(session, upgrades=["websocket"]), content_type=_TEXT)
+
+    @bp.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return bp

@@ -1,0 +1,221 @@
+"""The websocket hot path: ``GET /socket.io/?EIO=4&transport=websocket`` on a raw trio stream.
+
+No ASGI in between: the front door hands over the socket with the parsed request head. We answer the
+handshake ourselves (no permessage-deflate, as the original), let wsproto parse inbound frames (masking,
+fragments, control frames), and write everything outbound through the connection's :class:`Outbox`.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import msgspec
+import trio
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+
+from protocol import engineio
+from protocol.errors import EngineIOError
+from protocol.websocket import close_frame, frame, handshake_response, header_value
+from server.hub import Hub
+from server.outbox import Outbox
+from server.session import Session
+
+log = logging.getLogger(__name__)
+
+RECEIVE_BYTES = 65536
+CLOSE_TOO_BIG = 1009
+CLOSE_PROTOCOL = 1002
+CLOSE_POLICY = 1008
+
+
+def engineio_error(code: int, message: str, status: int = 400) -> bytes:
+    """An HTTP error reply in engine.io's shape: ``{"code": n, "message": "..."}``."""
+    body = msgspec.json.encode({"code": code, "message": message})
+    reason = {400: b"Bad Request", 403: b"Forbidden", 503: b"Service Unavailable"}.get(status, b"Error")
+    return (
+        b"HTTP/1.1 " + str(status).encode() + b" " + reason + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+    )
+
+
+def _query(target: bytes) -> dict[str, str]:
+    parsed = parse_qs(urlsplit(target.decode("latin-1")).query)
+    return {key: values[0] for key, values in parsed.items()}
+
+
+class WebSocketEndpoint:
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+
+    async def serve(self, stream: trio.SocketStream, request: h11.Request, trailing: bytes) -> None:
+        try:
+            await self._serve(stream, request, trailing)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _serve(self, stream: trio.SocketStream, request: h11.Request, trailing: bytes) -> None:
+        hub = self._hub
+        query = _query(request.target)
+        key = header_value(request.headers, b"sec-websocket-key")
+        if query.get("EIO") != "4":
+            await stream.send_all(engineio_error(5, "Unsupported protocol version"))
+            return
+        if key is None or header_value(request.headers, b"sec-websocket-version") != b"13":
+            await stream.send_all(engineio_error(3, "Bad request"))
+            return
+        sid = query.get("sid")
+        if sid is not None:
+            session = hub.sessions.get(sid)
+            if session is None:
+                await stream.send_all(engineio_error(1, "Session ID unknown"))
+                return
+            if session.ws is not None or session.upgrading:
+                await stream.send_all(engineio_error(3, "Bad request"))
+                return
+        else:
+            # The token: query parameter first, else the raw Authorization header (contract §2).
+            raw_auth = header_value(request.headers, b"authorization")
+            token = query.get("token") or (raw_auth.decode("latin-1") if raw_auth else None)
+            new_session = hub.open_session(token)
+            if new_session is None:
+                await stream.send_all(engineio_error(3, "Server at its connection limit", 503))
+                return
+            session = new_session
+        await self._run_connection(stream, session, key, trailing, probing=sid is not None)
+
+    async def _run_connection(
+        self, stream: trio.SocketStream, session: Session, key: bytes, trailing: bytes, *, probing: bool
+    ) -> None:
+        hub = self._hub
+        settings = hub.settings
+        outbox = Outbox(
+            stream.socket.fileno(),
+            hub.flusher,
+            max_bytes=settings.outbox_max_bytes,
+            max_messages=settings.outbox_max_messages,
+            on_overflow=lambda reason: hub.overflowed(session, reason),
+        )
+        outbox.push(handshake_response(key))
+        reason = "client went away"
+        with trio.CancelScope() as scope:
+            if not probing:
+                outbox.push(frame(hub.open_packet(session, upgrades=[])))
+                session.attach_websocket(outbox, scope)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(outbox.run_writer)
+                try:
+                    reason = await self._read_loop(stream, session, outbox, scope, trailing, probing=probing)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    reason = "connection lost"
+                finally:
+                    nursery.cancel_scope.cancel()
+        if session.ws is outbox:
+            hub.close_session(session, reason)
+        elif not session.closed and session.upgrading:
+            session.upgrading = False  # a failed probe leaves the polling session as it was
+
+    async def _read_loop(
+        self,
+        stream: trio.SocketStream,
+        session: Session,
+        outbox: Outbox,
+        scope: trio.CancelScope,
+        trailing: bytes,
+        *,
+        probing: bool,
+    ) -> str:
+        """Read frames until the client leaves or breaks the protocol; returns why the connection ended."""
+        ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        messages = _Assembler(self._hub.settings.max_packet_bytes)
+        while True:
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                return "client went away"
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, Ping):
+                    outbox.push(ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    outbox.push(close_frame(1000))
+                    outbox.drain_best_effort()
+                    return f"websocket closed by client ({event.code})"
+                elif isinstance(event, TextMessage | BytesMessage):
+                    try:
+                        text = messages.feed(event)
+                    except MessageTooBig as exc:
+                        return self._close(outbox, CLOSE_TOO_BIG, str(exc))
+                    if text is None:
+                        continue
+                    if probing:
+                        probing = self._probe(session, outbox, scope, text)
+                        if session.ws is not outbox and not session.upgrading:
+                            return self._close(outbox, CLOSE_PROTOCOL, "unexpected packet during upgrade")
+                        continue
+                    error = await self._on_text(session, text)
+                    if error is not None:
+                        return self._close(outbox, CLOSE_PROTOCOL, error)
+
+    async def _on_text(self, session: Session, text: str) -> str | None:
+        """One Engine.IO packet; returns a reason to close when it is not one."""
+        try:
+            kind, payload = engineio.decode_packet(text)
+        except EngineIOError as exc:
+            return str(exc)
+        async with session.inbound:
+            await self._hub.on_packet(session, kind, payload)
+        return None
+
+    def _probe(self, session: Session, outbox: Outbox, scope: trio.CancelScope, text: str) -> bool:
+        """The upgrade handshake on a polling session; returns whether we are still probing."""
+        if text == "2probe" and not session.upgrading:
+            outbox.push(frame(engineio.PONG_PROBE.encode()))
+            session.begin_upgrade()
+            return True
+        if text == "5" and session.upgrading:
+            session.complete_upgrade(outbox, scope)
+            return False
+        session.upgrading = False
+        return True
+
+    @staticmethod
+    def _close(outbox: Outbox, code: int, reason: str) -> str:
+        log.info("closing websocket: %s", reason)
+        outbox.push(close_frame(code, reason))
+        outbox.drain_best_effort()
+        return reason
+
+
+class MessageTooBig(Exception):
+    pass
+
+
+class _Assembler:
+    """Joins fragmented websocket messages, bounded in size; binary messages are dropped (not used here)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._parts: list[str] = []
+        self._size = 0
+
+    def feed(self, event: TextMessage | BytesMessage) -> str | None:
+        """The complete text message this event finishes, or None."""
+        self._size += len(event.data)
+        if self._size > self._limit:
+            raise MessageTooBig(f"message over {self._limit} bytes")
+        if isinstance(event, TextMessage) and (self._parts or not event.message_finished):
+            self._parts.append(event.data)
+        if not event.message_finished:
+            return None
+        self._size = 0
+        if isinstance(event, BytesMessage):
+            self._parts.clear()
+            return None
+        if not self._parts:
+            return event.data
+        text = "".join(self._parts)
+        self._parts.clear()
+        return text
