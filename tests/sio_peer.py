@@ -81,10 +81,11 @@ class Peer:
         return str(self.sio.transport())
 
 
-async def wait_until(condition: Callable[[], bool], *, timeout: float = 15.0) -> None:
+async def wait_until(condition: Callable[[], bool], *, within: float = 15.0) -> None:
     """Poll a condition; fail the test if it is not met in time (a hang guard, not a speed assertion)."""
-    with trio.fail_after(timeout):
-        while not condition():
+    with trio.fail_after(within):
+        # Polling, not an Event: the condition is changed by python-socketio's own threads.
+        while not condition():  # noqa: ASYNC110
             await trio.sleep(0.01)
 
 

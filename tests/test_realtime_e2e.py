@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import socketio
 import trio
 
 from tests.conftest import RunningServer, bearer, make_config, start_server
@@ -50,8 +51,6 @@ async def test_upgrade_to_websocket_with_the_load_tests_extra_connection_header(
 async def test_bad_or_missing_token_is_an_authentication_error(
     running: RunningServer, peers: list[Peer], token: str
 ) -> None:
-    import socketio
-
     peer = Peer("x")
     peers.append(peer)
     with pytest.raises(socketio.exceptions.ConnectionError, match="One or more namespaces failed to connect"):
