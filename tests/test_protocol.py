@@ -10,7 +10,6 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from wsproto.frame_protocol import FrameProtocol
 
 from protocol import engineio, socketio
