@@ -98,9 +98,10 @@ class MinitalkServer:
         self._shutdown.set()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until ``request_shutdown``; reports the bound TCP port once listening."""
-        async with trio.open_nursery() as storage_scope:
-            await storage_scope.start(self.storage.run)
+        """Serve until ``request_shutdown`` (or cancellation); reports the bound TCP port once listening."""
+        storage_stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._run_storage, storage_stop)
             try:
                 await self.registry.load()
                 async with trio.open_nursery() as batcher_scope:
@@ -111,7 +112,19 @@ class MinitalkServer:
                         batcher_scope.cancel_scope.cancel()  # drains, shielded, before returning
                 log.info("all accepted messages committed (%d this run)", self.batcher.committed_messages)
             finally:
-                storage_scope.cancel_scope.cancel()  # closes the database, shielded
+                storage_stop.set()
+
+    async def _run_storage(self, stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
+        """Storage, shielded: a cancellation from outside must not close it while the batcher still drains.
+
+        It closes when ``stop`` is set, which ``run`` does only after the batcher has finished.
+        """
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.storage.run)
+                task_status.started()
+                await stop.wait()
+                nursery.cancel_scope.cancel()
 
     async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
         async with trio.open_nursery() as hub_scope:

@@ -132,10 +132,7 @@ class WebSocketEndpoint:
         ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
         messages = _Assembler(self._hub.settings.max_packet_bytes)
         while True:
-            data = await stream.receive_some(RECEIVE_BYTES)
-            if not data:
-                return "client went away"
-            ws.receive_data(data)
+            # Events first: frames that arrived with the handshake (trailing data) are already in wsproto.
             for event in ws.events():
                 if isinstance(event, Ping):
                     outbox.push(ws.send(event.response()))
@@ -158,6 +155,10 @@ class WebSocketEndpoint:
                     error = await self._on_text(session, text)
                     if error is not None:
                         return self._close(outbox, CLOSE_PROTOCOL, error)
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                return "client went away"
+            ws.receive_data(data)
 
     async def _on_text(self, session: Session, text: str) -> str | None:
         """One Engine.IO packet; returns a reason to close when it is not one."""
