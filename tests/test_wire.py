@@ -14,7 +14,7 @@ from trio_websocket import ConnectionClosed
 
 from tests.conftest import RunningServer, make_config, start_server
 from tests.raw_client import RawClient, raw_client
-from tests.sio_peer import make_room, make_users
+from tests.sio_peer import make_room, make_users, wait_until
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ async def closed_code(client: RawClient) -> int | None:
             while True:
                 await client.packet()
         except ConnectionClosed as exc:
-            return exc.reason.code
+            return None if exc.reason is None else exc.reason.code
 
 
 async def still_serving(url: str, token: str, room: str) -> None:
@@ -80,7 +80,8 @@ async def test_malformed_packets_close_cleanly(running: RunningServer, garbage: 
 async def test_wrong_payloads_get_error_events(running: RunningServer) -> None:
     tokens, room = await token_and_room(running.url)
     async with raw_client(running.url, tokens["a"]) as c:
-        for data in (None, 42, "text", [], {"roomId": room}, {"roomId": room, "content": {"nested": 1}}):
+        payloads: list[Any] = [None, 42, "text", [], {"roomId": room}, {"roomId": room, "content": {"nested": 1}}]
+        for data in payloads:
             await c.emit("send_message", data)
             name, payload = await c.next_event()
             assert name == "error" and payload["message"] in (
@@ -143,9 +144,7 @@ async def test_client_that_never_answers_pings_is_closed(strict: RunningServer) 
             assert pings >= 1
             await trio.sleep(1.0)  # several more ping rounds: the polite client stays
             await polite.emit("send_message", {"roomId": room, "content": "alive"}, ack_id=1)
-            with trio.fail_after(10):
-                while "ack:1" not in events:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: "ack:1" in events)
             nursery.cancel_scope.cancel()
         assert [s.user for s in strict.server.hub.sessions.values()] == ["b"]
 
@@ -220,13 +219,9 @@ async def test_slow_consumer_is_cut_off_and_the_room_keeps_flowing(nursery: trio
             for i in range(total):
                 # The readers share this process (and its one core) with the server: the sender keeps at most
                 # 8 messages (64 KB) ahead of the slower of them, so only the stalled member falls behind.
-                with trio.fail_after(30):
-                    while i - min(len(received), sender_seen) > 8:
-                        await trio.sleep(0.001)
+                await wait_until(lambda i=i: i - min(len(received), sender_seen) <= 8, within=30)  # type: ignore[misc]
                 await sender.emit("send_message", {"roomId": room, "content": f"{i} {content}"})
-            with trio.fail_after(60):
-                while len(received) < total:
-                    await trio.sleep(0.05)
+            await wait_until(lambda: len(received) >= total, within=60)
             inner.cancel_scope.cancel()
     assert received == list(range(1, total + 1)), "the reading member got everything, in order"
     assert server.server.metrics.slow_consumer_disconnects._value.get() == 1
