@@ -95,6 +95,9 @@ class Hub:
         self._reaper = trio.lowlevel.ParkingLot()
         self._recent: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # fast mode's idempotency window
         self.batcher: WriteBehindBatcher[Ticket] | None = None
+        self.messages_broadcast = 0
+        self.deliveries = 0
+        self.deliveries_dropped = 0
 
     # -- lifetime ----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -267,7 +270,6 @@ class Hub:
             self._broadcast_message(
                 MessageOut("message", room.room_id, user, data.content, message.timestamp, message.id, room.last_seq)
             )
-        self.metrics.messages_accepted.inc()
         assert self.batcher is not None
         await self.batcher.submit(message, Ticket(session, ack_id))
 
@@ -286,6 +288,7 @@ class Hub:
     # -- commit callback (runs in the batcher's task) ---------------------------------------------------
     def committed(self, batch: list[tuple[NewMessage, Ticket]], results: list[Appended]) -> None:
         durable = self.settings.mode == "durable"
+        self.metrics.messages_accepted.inc(len(batch))  # per batch, not per message: counters cost a lock
         for (_, ticket), result in zip(batch, results, strict=True):
             stored = result.message
             if stored is None:  # the room was deleted while the message waited
@@ -323,7 +326,7 @@ class Hub:
     # -- broadcast ---------------------------------------------------------------------------------
     def _broadcast_message(self, message: MessageOut) -> None:
         self.broadcast(message.roomId, _MESSAGE_PREFIX + _encoder.encode(message) + b"]")
-        self.metrics.messages_broadcast.inc()
+        self.messages_broadcast += 1  # exported at scrape time
 
     def broadcast(self, room_id: str, packet: bytes) -> int:
         """Send one packet to every subscriber of the room: encoded and framed once, no await."""
@@ -335,9 +338,8 @@ class Hub:
         for session in members:
             if session.send(packet, ws_frame):
                 delivered += 1
-        self.metrics.deliveries.inc(delivered)
-        if delivered < len(members):
-            self.metrics.deliveries_dropped.inc(len(members) - delivered)
+        self.deliveries += delivered
+        self.deliveries_dropped += len(members) - delivered
         return delivered
 
     def _subscribe(self, session: Session, room_id: str) -> None:
@@ -363,7 +365,14 @@ class Hub:
             by_transport[session.transport] += 1
             if session.ws is not None:
                 outbox_bytes += session.ws.nbytes
-        return {**by_transport, "outbox_bytes": outbox_bytes, "rooms": len(self._subscribers)}
+        return {
+            **by_transport,
+            "outbox_bytes": outbox_bytes,
+            "rooms": len(self._subscribers),
+            "messages_broadcast": self.messages_broadcast,
+            "deliveries": self.deliveries,
+            "deliveries_dropped": self.deliveries_dropped,
+        }
 
 
 _encoder = msgspec.json.Encoder()

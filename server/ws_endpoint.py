@@ -1,8 +1,10 @@
 """The websocket hot path: ``GET /socket.io/?EIO=4&transport=websocket`` on a raw trio stream.
 
 No ASGI in between: the front door hands over the socket with the parsed request head. We answer the
-handshake ourselves (no permessage-deflate, as the original), let wsproto parse inbound frames (masking,
-fragments, control frames), and write everything outbound through the connection's :class:`Outbox`.
+handshake ourselves (no permessage-deflate, as the original), parse inbound frames with the sans-IO
+:class:`~protocol.websocket.FrameReader`, and write everything outbound through the connection's
+:class:`Outbox`. (wsproto parsed inbound frames at first; it was 36% of the send path's CPU, measured
+with py-spy, mostly its per-byte unmasking: see docs/architecture.md.)
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import msgspec
 import trio
-from wsproto.connection import Connection, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from protocol import engineio
 from protocol.errors import EngineIOError
-from protocol.websocket import close_frame, frame, handshake_response, header_value
+from protocol.websocket import (
+    CLOSE_PROTOCOL_ERROR,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameReader,
+    close_frame,
+    frame,
+    handshake_response,
+    header_value,
+)
 from server.hub import Hub
 from server.outbox import Outbox
 from server.session import Session
@@ -26,9 +38,6 @@ from server.session import Session
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
-CLOSE_TOO_BIG = 1009
-CLOSE_PROTOCOL = 1002
-CLOSE_POLICY = 1008
 
 
 def engineio_error(code: int, message: str, status: int = 400) -> bytes:
@@ -129,36 +138,35 @@ class WebSocketEndpoint:
         probing: bool,
     ) -> str:
         """Read frames until the client leaves or breaks the protocol; returns why the connection ended."""
-        ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
-        messages = _Assembler(self._hub.settings.max_packet_bytes)
+        reader = FrameReader(self._hub.settings.max_packet_bytes)
+        data = trailing  # frames that arrived together with the handshake come first
         while True:
-            # Events first: frames that arrived with the handshake (trailing data) are already in wsproto.
-            for event in ws.events():
-                if isinstance(event, Ping):
-                    outbox.push(ws.send(event.response()))
-                elif isinstance(event, CloseConnection):
+            try:
+                messages = reader.feed(data)
+            except FrameError as exc:
+                return self._close(outbox, exc.code, str(exc))
+            for opcode, payload in messages:
+                if opcode == OP_TEXT:
+                    assert isinstance(payload, str)
+                    if probing:
+                        probing = self._probe(session, outbox, scope, payload)
+                        if session.ws is not outbox and not session.upgrading:
+                            return self._close(outbox, CLOSE_PROTOCOL_ERROR, "unexpected packet during upgrade")
+                        continue
+                    error = await self._on_text(session, payload)
+                    if error is not None:
+                        return self._close(outbox, CLOSE_PROTOCOL_ERROR, error)
+                elif opcode == OP_PING:
+                    assert isinstance(payload, bytes)
+                    outbox.push(frame(payload, OP_PONG))
+                elif opcode == OP_CLOSE:
                     outbox.push(close_frame(1000))
                     outbox.drain_best_effort()
-                    return f"websocket closed by client ({event.code})"
-                elif isinstance(event, TextMessage | BytesMessage):
-                    try:
-                        text = messages.feed(event)
-                    except MessageTooBig as exc:
-                        return self._close(outbox, CLOSE_TOO_BIG, str(exc))
-                    if text is None:
-                        continue
-                    if probing:
-                        probing = self._probe(session, outbox, scope, text)
-                        if session.ws is not outbox and not session.upgrading:
-                            return self._close(outbox, CLOSE_PROTOCOL, "unexpected packet during upgrade")
-                        continue
-                    error = await self._on_text(session, text)
-                    if error is not None:
-                        return self._close(outbox, CLOSE_PROTOCOL, error)
+                    return "websocket closed by client"
+                # Binary messages carry Socket.IO attachments, which no MinitalkChat client sends: ignored.
             data = await stream.receive_some(RECEIVE_BYTES)
             if not data:
                 return "client went away"
-            ws.receive_data(data)
 
     async def _on_text(self, session: Session, text: str) -> str | None:
         """One Engine.IO packet; returns a reason to close when it is not one."""
@@ -166,8 +174,13 @@ class WebSocketEndpoint:
             kind, payload = engineio.decode_packet(text)
         except EngineIOError as exc:
             return str(exc)
-        async with session.inbound:
+        if session.ws is not None:
+            # Websocket-only now (polls are refused after the upgrade): this task is the one reader, so
+            # packets are already handled in order, and the lock would only cost time.
             await self._hub.on_packet(session, kind, payload)
+        else:
+            async with session.inbound:
+                await self._hub.on_packet(session, kind, payload)
         return None
 
     def _probe(self, session: Session, outbox: Outbox, scope: trio.CancelScope, text: str) -> bool:
@@ -188,35 +201,3 @@ class WebSocketEndpoint:
         outbox.push(close_frame(code, reason))
         outbox.drain_best_effort()
         return reason
-
-
-class MessageTooBig(Exception):
-    pass
-
-
-class _Assembler:
-    """Joins fragmented websocket messages, bounded in size; binary messages are dropped (not used here)."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._parts: list[str] = []
-        self._size = 0
-
-    def feed(self, event: TextMessage | BytesMessage) -> str | None:
-        """The complete text message this event finishes, or None."""
-        self._size += len(event.data)
-        if self._size > self._limit:
-            raise MessageTooBig(f"message over {self._limit} bytes")
-        if isinstance(event, TextMessage) and (self._parts or not event.message_finished):
-            self._parts.append(event.data)
-        if not event.message_finished:
-            return None
-        self._size = 0
-        if isinstance(event, BytesMessage):
-            self._parts.clear()
-            return None
-        if not self._parts:
-            return event.data
-        text = "".join(self._parts)
-        self._parts.clear()
-        return text

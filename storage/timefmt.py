@@ -5,12 +5,22 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
+_last_second = -1
+_last_prefix = ""
+
 
 def iso_utc(seconds: float) -> str:
-    """``1750748534.663`` → ``2025-06-24T07:02:14.663Z`` (JavaScript's ``Date.toISOString``)."""
+    """``1750748534.663`` → ``2025-06-24T07:02:14.663Z`` (JavaScript's ``Date.toISOString``).
+
+    Called for every message: the formatted second is cached, so most calls only format milliseconds.
+    """
+    global _last_second, _last_prefix  # noqa: PLW0603 -- a one-entry cache
     ms = int(seconds * 1000)
     whole, frac = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{frac:03d}Z"
+    if whole != _last_second:
+        _last_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _last_second = whole
+    return f"{_last_prefix}.{frac:03d}Z"
 
 
 def parse_date_ms(text: str) -> int | None:

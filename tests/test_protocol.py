@@ -35,7 +35,21 @@ from protocol.events import (
     event_packet,
 )
 from protocol.socketio import SioPacket, SioType
-from protocol.websocket import accept_key, close_frame, frame, header_tokens, is_upgrade
+from protocol.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameReader,
+    accept_key,
+    close_frame,
+    frame,
+    header_tokens,
+    is_upgrade,
+    unmask,
+)
 
 
 # -- Engine.IO ---------------------------------------------------------------------------------------
@@ -247,3 +261,82 @@ def test_fuzz_events(name: str, payload: Any) -> None:
 def test_fuzz_events_raw_bytes(raw: bytes) -> None:
     with contextlib.suppress(msgspec.DecodeError):  # not JSON at all: the hub closes the session
         decode_event(raw)
+
+
+# -- inbound frames (FrameReader), cross-checked against wsproto's client side --------------------------------
+def client_frames(*messages: str | bytes, fragment: int = 0) -> bytes:
+    """Frames as a real client (wsproto) masks and fragments them."""
+    proto = FrameProtocol(client=True, extensions=[])
+    out = b""
+    for message in messages:
+        if fragment and len(message) > fragment:
+            chunks = [message[i : i + fragment] for i in range(0, len(message), fragment)]
+            for i, chunk in enumerate(chunks):
+                out += proto.send_data(chunk, fin=i == len(chunks) - 1)
+        else:
+            out += proto.send_data(message)
+    out += proto.ping(b"hi")
+    return out
+
+
+def test_frame_reader_reads_what_wsproto_clients_write() -> None:
+    messages: list[str | bytes] = ['42["send_message",{"content":"🎆"}]', "x" * 200, "y" * 70_000, b"\x00\x01binary"]
+    expected = [(OP_TEXT, m) if isinstance(m, str) else (OP_BINARY, m) for m in messages] + [(OP_PING, b"hi")]
+    assert FrameReader(1 << 20).feed(client_frames(*messages)) == expected
+    fragmented = client_frames("a" * 1000, fragment=64)
+    assert FrameReader(1 << 20).feed(fragmented) == [(OP_TEXT, "a" * 1000), (OP_PING, b"hi")]
+    reader = FrameReader(1 << 20)
+    data = client_frames(*messages)
+    got = []
+    for i in range(0, len(data), 7):  # arbitrary TCP segmentation
+        got += reader.feed(data[i : i + 7])
+    assert got == expected
+
+
+def _masked(first: int, payload: bytes, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    n = len(payload)
+    length = bytes((0x80 | n,)) if n < 126 else bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    return bytes((first,)) + length + mask + unmask(payload, mask)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"\x81\x02ab", 1002),  # unmasked
+        (_masked(0xC1, b"x"), 1002),  # RSV1 without an extension
+        (_masked(0x83, b"x"), 1002),  # reserved opcode
+        (_masked(0x09, b"x"), 1002),  # fragmented ping
+        (_masked(0x89, b"x" * 126), 1002),  # oversize control frame
+        (_masked(0x80, b"x"), 1002),  # continuation with nothing to continue
+        (_masked(0x01, b"a") + _masked(0x81, b"b"), 1002),  # new message inside a fragmented one
+        (_masked(0x81, b"\xff\xfe"), 1007),  # not UTF-8
+        (_masked(0x81, b"x" * 200), 1009),
+    ],  # over the limit (100 bytes below)
+)
+def test_frame_reader_enforces_rfc6455(data: bytes, code: int) -> None:
+    with pytest.raises(FrameError) as caught:
+        FrameReader(100).feed(data)
+    assert caught.value.code == code
+
+
+def test_frame_reader_refuses_a_huge_declared_length_before_buffering() -> None:
+    header = bytes((0x81, 0x80 | 127)) + (2**62).to_bytes(8, "big") + b"mask"
+    with pytest.raises(FrameError) as caught:
+        FrameReader(1 << 20).feed(header)
+    assert caught.value.code == 1009
+
+
+@given(st.binary(max_size=200))
+def test_fuzz_frame_reader(data: bytes) -> None:
+    reader = FrameReader(1000)
+    with contextlib.suppress(FrameError):
+        for opcode, payload in reader.feed(data):
+            assert opcode in (OP_TEXT, OP_BINARY, OP_PING, OP_PONG, OP_CLOSE)
+            assert isinstance(payload, str if opcode == OP_TEXT else bytes)
+
+
+@given(st.text(max_size=300), st.binary(min_size=4, max_size=4))
+def test_unmask_round_trips(text: str, mask: bytes) -> None:
+    payload = text.encode()
+    assert unmask(unmask(payload, mask), mask) == payload
+    assert unmask(payload, mask) == bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

@@ -1,0 +1,100 @@
+"""A minimal Engine.IO/Socket.IO websocket client for load generation: cheap to send, cheap to receive.
+
+Receivers never parse JSON: they count ``42["message"`` markers in the byte stream and sample latency from
+the send time the sender wrote at the start of each message's content. That keeps a client core able to
+absorb hundreds of thousands of deliveries per second, so the numbers measure the server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import struct
+import time
+
+import msgspec
+import trio
+
+MARK = b'42["message"'
+CONTENT = b'"content":"t'
+_encode = msgspec.json.Encoder().encode
+
+
+def client_frame(payload: bytes) -> bytes:
+    """A masked text frame. The mask key is zero: legal on the wire, and this tool only targets loopback."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    return header + b"\x00\x00\x00\x00" + payload
+
+
+PONG = client_frame(b"3")
+PING_FRAME = b"\x81\x012"
+
+
+def send_frame(room_id: str, content: str, ack_id: int | None = None) -> bytes:
+    ack = b"" if ack_id is None else str(ack_id).encode()
+    return client_frame(b"42" + ack + _encode(["send_message", {"roomId": room_id, "content": content}]))
+
+
+class Member:
+    """One websocket session. ``count`` and ``latencies`` fill while ``receive_loop`` runs."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.count = 0
+        self.latencies: list[float] = []
+        self._tail = b""
+
+    @classmethod
+    async def connect(cls, host: str, port: int, token: str) -> Member:
+        stream = await trio.open_tcp_stream(host, port)
+        key = base64.b64encode(os.urandom(16))
+        await stream.send_all(
+            b"GET /socket.io/?EIO=4&transport=websocket&token="
+            + token.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + host.encode()
+            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+            + key
+            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + client_frame(b"40")
+        )
+        buffer = b""
+        while b'40{"sid"' not in buffer:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError(f"server closed during handshake: {buffer[:200]!r}")
+            buffer += chunk
+        if not buffer.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(buffer[:200].decode(errors="replace"))
+        return cls(stream)
+
+    async def receive_loop(self) -> None:
+        mark_tail = len(MARK) - 1
+        while True:
+            data = await self.stream.receive_some(1 << 20)
+            if not data:
+                return
+            now = time.monotonic()
+            buf = self._tail + data
+            self.count += buf.count(MARK)
+            self._tail = buf[-mark_tail:]
+            at = data.find(CONTENT)  # the oldest message in this read: the conservative latency sample
+            if at != -1:
+                end = data.find(b"|", at)
+                if end != -1:
+                    with contextlib.suppress(ValueError):
+                        self.latencies.append(now - int(data[at + len(CONTENT) : end]) / 1e9)
+            if PING_FRAME in data:
+                await self.stream.send_all(PONG)
+
+
+def stamped(text: str) -> str:
+    """Content that starts with the send time, for the receivers' latency samples."""
+    return f"t{time.monotonic_ns()}|{text}"
