@@ -149,5 +149,7 @@ class MinitalkServer:
                 log.info("stopped accepting; closing %d sessions", len(self.hub.sessions))
                 self.hub.close_all("server shutting down")
                 await self.http.begin_shutdown()
-                connections.cancel_scope.deadline = trio.current_time() + self.config.shutdown_timeout
+                with trio.move_on_after(self.config.shutdown_timeout):
+                    await self.http.wait_requests_done()
+                connections.cancel_scope.cancel()  # what is left is idle keep-alive connections
             hub_scope.cancel_scope.cancel()

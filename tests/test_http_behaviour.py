@@ -87,3 +87,14 @@ async def test_internal_errors_are_json_without_details(
     assert "disk on fire" not in r.text
     assert "disk on fire" in caplog.text, "the cause is logged for the operator"
     assert (await client.get("/api/chatrooms", headers=bearer(token))).json() == [], "the failed room was undone"
+
+
+async def test_idle_keep_alive_connection_does_not_hold_shutdown(nursery: trio.Nursery, db_path: Path) -> None:
+    # shutdown_timeout is 60 s; the hang guard is 30 s. Stopping within the guard means the server did not
+    # wait out the timeout for a connection that had no request in progress (stock hypercorn would).
+    running: RunningServer = await start_server(nursery, make_config(db_path, shutdown_timeout=60.0))
+    async with httpx.AsyncClient(base_url=running.url) as http:
+        assert (await http.get("/health")).status_code == 200  # leaves an idle keep-alive connection
+        running.server.request_shutdown()
+        with trio.fail_after(30):
+            await running._done.wait()

@@ -208,3 +208,33 @@ async def test_fast_mode_broadcasts_before_commit_and_still_persists(
         for peer in (a, b):
             await peer.disconnect()
     await server.stop()
+
+
+async def test_metrics_endpoint_counts_the_traffic(
+    running: RunningServer, client: httpx.AsyncClient, peers: list[Peer]
+) -> None:
+    tokens = await make_users(client, ["a", "b"])
+    room = await make_room(client, tokens["a"], ["b"])
+    a = await connect(peers, running.url, "a", tokens["a"])
+    await connect(peers, running.url, "b", tokens["b"], transports=["polling"])
+    for i in range(5):
+        await a.call("send_message", {"roomId": room, "content": f"m{i}"})
+    await a.emit("send_message", {"roomId": "nope", "content": "x"})
+    await wait_until(lambda: len(a.received("error")) == 1)
+    r = await client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in r.text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert values["minitalk_messages_accepted_total"] == 5
+    assert values["minitalk_messages_rejected_total"] == 1
+    assert values["minitalk_messages_broadcast_total"] == 5
+    assert values["minitalk_deliveries_total"] == 10
+    assert values["minitalk_deliveries_dropped_total"] == 0
+    assert values['minitalk_connections{transport="websocket"}'] == 1
+    assert values['minitalk_connections{transport="polling"}'] == 1
+    assert values["minitalk_batch_size_count"] >= 1
+    assert values["minitalk_commit_seconds_count"] >= 1
+    assert "minitalk_event_loop_lag_seconds" in values
