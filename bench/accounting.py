@@ -1,0 +1,92 @@
+"""Delivery accounting: loss, duplication and reordering, detected per message stream. Pure, no I/O.
+
+Every message the load generator sends carries ``<scheduled send ns>|<sender>|<n>|`` at the start of its
+content, where ``n`` counts that sender's messages *to that room* from 0. A (sender, room) pair is a
+**stream**; each member of the room must see each stream's ``n`` exactly once and in order (a server keeps
+one connection's sends in order, contract §3.6-9). This works against any server, including peers whose
+``message`` payload has no ``seq``.
+
+:class:`StreamTracker` is the receiver's O(1)-per-delivery state; :func:`settle` turns what every member saw
+and what every sender had accepted into the run's totals.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class StreamTracker:
+    """What one member saw of one stream, in O(1) per delivery and memory bounded by the gaps."""
+
+    __slots__ = ("delivered", "duplicates", "missing", "next", "out_of_order")
+
+    def __init__(self) -> None:
+        self.next = 0  # every n below this was seen, or is in ``missing``
+        self.missing: set[int] = set()
+        self.delivered = 0
+        self.duplicates = 0
+        self.out_of_order = 0
+
+    def see(self, n: int) -> None:
+        self.delivered += 1
+        if n == self.next:
+            self.next += 1
+        elif n > self.next:
+            self.missing.update(range(self.next, n))  # skipped: lost, unless they arrive late
+            self.next = n + 1
+        elif n in self.missing:
+            self.missing.discard(n)
+            self.out_of_order += 1
+        else:
+            self.duplicates += 1
+
+    def unique(self) -> int:
+        return self.next - len(self.missing)
+
+    def summary(self) -> StreamSummary:
+        return StreamSummary(self.next, sorted(self.missing), self.delivered, self.duplicates, self.out_of_order)
+
+
+class StreamSummary(msgspec.Struct, frozen=True, array_like=True):
+    """A tracker's final state, small enough to ship from a worker process."""
+
+    next: int
+    missing: list[int]
+    delivered: int
+    duplicates: int
+    out_of_order: int
+
+
+class Totals(msgspec.Struct, frozen=True):
+    expected: int
+    delivered: int
+    lost: int
+    duplicated: int
+    out_of_order: int
+
+
+def settle(
+    accepted: dict[tuple[int, int], int], seen: dict[tuple[int, int, int], StreamSummary], members: dict[int, list[int]]
+) -> Totals:
+    """Totals for a run.
+
+    ``accepted[(sender, room)]``: messages of that stream the server accepted (acked, or sent for servers
+    without acks), numbered 0..k-1. ``seen[(member, sender, room)]``: what a member saw of the stream.
+    ``members[room]``: the members that were connected for the whole run. Every member should have seen every
+    accepted message of every stream of its room once: anything less is lost, anything more duplicated.
+    """
+    expected = delivered = lost = duplicated = out_of_order = 0
+    for (sender, room), count in accepted.items():
+        for member in members.get(room, []):
+            summary = seen.get((member, sender, room))
+            expected += count
+            if summary is None:
+                lost += count
+                continue
+            unique = summary.next - len(summary.missing)
+            beyond = max(0, summary.next - count)  # seen numbers the server never accepted: not expected
+            lost += max(0, count - (unique - beyond))
+            delivered += summary.delivered
+            duplicated += summary.duplicates
+            out_of_order += summary.out_of_order
+    return Totals(expected, delivered, lost, duplicated, out_of_order)

@@ -1,0 +1,145 @@
+"""The load generator's Socket.IO client: raw websocket, cheap to send, cheap to receive, checks everything.
+
+Each message's content starts with ``<scheduled ns>|<sender>|<room>|<n>|``. Receiving never decodes JSON: one
+compiled regex finds every message's content header and every ack in a chunk (C speed), and the Python work
+per delivery is a tracker update and a histogram record. Latency is measured from the *scheduled* send time,
+so a client that falls behind its schedule shows up as latency, never as a lower rate (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+from collections.abc import Callable
+
+import msgspec
+import trio
+
+from bench.accounting import StreamTracker
+from bench.histogram import Histogram
+from bench.wsclient import PING_FRAME, PONG, client_frame
+
+_encode = msgspec.json.Encoder().encode
+# A message's content header, or an ack (43<id>[...]) with enough of its payload to see "ok".
+_PATTERN = re.compile(rb'"content":"(\d+)\|(\d+)\|(\d+)\|(\d+)\||43(\d+)\[(\{[^\]]{0,300}|\])')
+_TAIL = 512  # longest partial header or ack we may need to re-scan with the next chunk
+
+
+class Client:
+    """One connected user. Senders call ``send``; ``receive_loop`` runs for the whole run."""
+
+    def __init__(self, stream: trio.SocketStream, index: int, stats: Stats) -> None:
+        self.stream = stream
+        self.index = index
+        self.stats = stats
+        self.trackers: dict[tuple[int, int], StreamTracker] = {}  # (sender, room) → what this member saw
+        self.pending_acks: dict[int, tuple[int, int]] = {}  # ack id → (room, scheduled ns)
+        self.accepted: dict[int, int] = {}  # room → messages of ours the server accepted
+        self.rejected = 0
+        self._next_ack = 0
+        self._tail = b""
+
+    @classmethod
+    async def connect(cls, host: str, port: int, token: str, index: int, stats: Stats) -> Client:
+        stream = await trio.open_tcp_stream(host, port)
+        key = base64.b64encode(os.urandom(16))
+        await stream.send_all(
+            b"GET /socket.io/?EIO=4&transport=websocket&token="
+            + token.encode()
+            + b" HTTP/1.1\r\nHost: "
+            + host.encode()
+            + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
+            + key
+            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + client_frame(b"40")
+        )
+        buffer = b""
+        while b'40{"sid"' not in buffer:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                raise ConnectionError(f"closed during the handshake: {buffer[:200]!r}")
+            buffer += chunk
+        if not buffer.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(buffer[:200].decode(errors="replace"))
+        return cls(stream, index, stats)
+
+    def frame_for(self, room: int, room_id: str, n: int, scheduled_ns: int, padding: str) -> bytes:
+        ack = self._next_ack
+        self._next_ack += 1
+        self.pending_acks[ack] = (room, scheduled_ns)
+        content = f"{scheduled_ns}|{self.index}|{room}|{n}|{padding}"
+        payload = {"roomId": room_id, "content": content, "clientMsgId": f"{self.index}-{room}-{n}"}
+        return client_frame(b"42" + str(ack).encode() + _encode(["send_message", payload]))
+
+    async def receive_loop(self) -> None:
+        stats = self.stats
+        while True:
+            data = await self.stream.receive_some(1 << 20)
+            if not data:
+                return
+            now = time.monotonic_ns()
+            buf = self._tail + data
+            end = 0
+            for match in _PATTERN.finditer(buf):
+                end = match.end()
+                sched, sender, room, n, ack, body = match.groups()
+                if sched is not None:
+                    key = (int(sender), int(room))
+                    tracker = self.trackers.get(key)
+                    if tracker is None:
+                        tracker = self.trackers[key] = StreamTracker()
+                    tracker.see(int(n))
+                    stats.delivery((now - int(sched)) // 1000)
+                else:
+                    self._on_ack(int(ack), body, now)
+            self._tail = buf[max(end, len(buf) - _TAIL) :]
+            if PING_FRAME in data:
+                await self.stream.send_all(PONG)
+
+    def _on_ack(self, ack_id: int, body: bytes, now: int) -> None:
+        pending = self.pending_acks.pop(ack_id, None)
+        if pending is None:
+            return
+        room, sched = pending
+        if b'"ok":true' in body or body == b"]":  # "]": a bare ack from a peer without payloads
+            self.accepted[room] = self.accepted.get(room, 0) + 1
+            self.stats.ack((now - sched) // 1000)
+        else:
+            self.rejected += 1
+
+
+class Stats:
+    """A worker's counters and histograms, with a per-second timeline."""
+
+    def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
+        self.delivery_latency = Histogram()
+        self.ack_latency = Histogram()
+        self.sent = 0
+        self.acked = 0
+        self.delivered = 0
+        self.second: list[int] = [0, 0, 0]  # sent, acked, delivered in the current second
+        self.second_latency = Histogram()
+        self.timeline: list[tuple[int, int, int, str]] = []  # per second: sent, acked, delivered, histogram
+
+    def delivery(self, latency_us: int) -> None:
+        self.delivered += 1
+        self.second[2] += 1
+        self.delivery_latency.record(latency_us)
+        self.second_latency.record(latency_us)
+
+    def ack(self, latency_us: int) -> None:
+        self.acked += 1
+        self.second[1] += 1
+        self.ack_latency.record(latency_us)
+
+    def sent_messages(self, count: int) -> None:
+        self.sent += count
+        self.second[0] += count
+
+    def tick(self) -> None:
+        """Close the current second of the timeline."""
+        self.timeline.append((*self.second, self.second_latency.encode()))  # type: ignore[arg-type]
+        self.second = [0, 0, 0]
+        self.second_latency = Histogram()

@@ -1,0 +1,130 @@
+"""A Markdown report with PNG plots for one or more results (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from bench.result import Result
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:,.2f}" if isinstance(value, float) and abs(value) < 100 else f"{value:,.0f}"
+
+
+def plots(result: Result, directory: Path, stem: str) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    made = []
+    t = [row["t"] for row in result.timeline]
+    if t:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.plot(t, [row["sent"] for row in result.timeline], label="sent msgs/s")
+        ax.plot(t, [row["acked"] for row in result.timeline], label="acked msgs/s")
+        ax2 = ax.twinx()
+        ax2.plot(t, [row["delivered"] for row in result.timeline], color="tab:green", label="deliveries/s")
+        ax.set_xlabel("second")
+        ax.set_ylabel("messages/s")
+        ax2.set_ylabel("deliveries/s")
+        fig.legend(loc="upper right", fontsize=8)
+        ax.set_title(f"{result.scenario} — {result.server['name']}: throughput")
+        made.append(_save(fig, directory / f"{stem}-throughput.png"))
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.plot(t, [row["p50_ms"] for row in result.timeline], label="p50")
+        ax.plot(t, [row["p99_ms"] for row in result.timeline], label="p99")
+        ax.set_xlabel("second")
+        ax.set_ylabel("delivery latency (ms)")
+        ax.legend(fontsize=8)
+        ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency over time")
+        made.append(_save(fig, directory / f"{stem}-latency.png"))
+    lat = result.delivery_latency_ms
+    if lat:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        labels = [k for k in lat if k != "max"] + ["max"]
+        ax.bar(labels, [lat[k] if not math.isnan(lat[k]) else 0 for k in labels])
+        ax.set_ylabel("ms")
+        ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency distribution")
+        made.append(_save(fig, directory / f"{stem}-distribution.png"))
+    if result.server_resources:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ts = [s["t"] for s in result.server_resources]
+        ax.plot(ts, [s["cpu_percent"] for s in result.server_resources], label="CPU %")
+        ax.set_ylabel("CPU % (100 = one core)")
+        ax2 = ax.twinx()
+        ax2.plot(ts, [s["rss_mb"] for s in result.server_resources], color="tab:red", label="RSS MB")
+        ax2.set_ylabel("RSS MB")
+        ax.set_xlabel("second")
+        fig.legend(loc="upper right", fontsize=8)
+        ax.set_title(f"{result.scenario} — {result.server['name']}: server CPU and memory")
+        made.append(_save(fig, directory / f"{stem}-server.png"))
+    return made
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: Path, command: str) -> str:
+    lines = [f"# Benchmark: {results[0].scenario}", "", f"Command: `{command}`", "", f"{results[0].description}", ""]
+    if results[0].parameters.get("arithmetic"):
+        lines += [f"Offered load: {results[0].parameters['arithmetic']}", ""]
+    m = results[0].machine
+    lines += [
+        f"Machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}; git {results[0].git_commit};"
+        f" {results[0].started_at}",
+        "",
+        "| | " + " | ".join(r.server["name"] for r in results) + " |",
+        "|---|" + "---|" * len(results),
+    ]
+    rows: list[tuple[str, Callable[[Result], float]]] = [
+        ("offered msgs/s", lambda r: r.throughput["offered_msgs_per_s"]),
+        ("acked msgs/s", lambda r: r.throughput["acked_msgs_per_s"]),
+        ("deliveries/s", lambda r: r.throughput["deliveries_per_s"]),
+        ("expected deliveries", lambda r: r.counts["expected_deliveries"]),
+        ("delivered", lambda r: r.counts["delivered"]),
+        ("lost", lambda r: r.counts["lost"]),
+        ("duplicated", lambda r: r.counts["duplicated"]),
+        ("out of order", lambda r: r.counts["out_of_order"]),
+        ("rejected", lambda r: r.counts["rejected"]),
+        *[
+            (f"delivery {k} ms", _latency("delivery_latency_ms", k))
+            for k in ("p50", "p90", "p95", "p99", "p99.9", "max")
+        ],
+        *[(f"ack {k} ms", _latency("ack_latency_ms", k)) for k in ("p50", "p99")],
+        ("server CPU % (mean)", lambda r: _mean(r.server_resources, "cpu_percent")),
+        ("server RSS MB (max)", lambda r: max((s["rss_mb"] for s in r.server_resources), default=float("nan"))),
+        ("client CPU % (max worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
+    ]
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results) + " |")
+    for r in results:
+        for note in r.notes:
+            lines.append(f"\n- **{r.server['name']}**: {note}")
+        for error in r.errors[:5]:
+            lines.append(f"\n- {r.server['name']} error: `{error[:200]}`")
+    lines.append("")
+    for name, paths in images.items():
+        lines.append(f"### {name}\n")
+        lines += [f"![{p.stem}]({p.relative_to(relative_to)})" for p in paths]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _latency(field: str, key: str) -> Callable[[Result], float]:
+    return lambda r: float(getattr(r, field)[key])
+
+
+def _mean(samples: list[dict[str, float]], key: str) -> float:
+    values = [s[key] for s in samples]
+    return sum(values) / len(values) if values else float("nan")

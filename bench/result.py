@@ -1,0 +1,90 @@
+"""The versioned result of one run, written as JSON under bench/results/."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+SCHEMA = 1
+
+
+class Result(msgspec.Struct, kw_only=True):
+    schema: int = SCHEMA
+    scenario: str
+    description: str
+    parameters: dict[str, Any]
+    server: dict[str, Any]
+    git_commit: str
+    machine: dict[str, Any]
+    started_at: str
+    counts: dict[str, int]
+    throughput: dict[str, float]
+    delivery_latency_ms: dict[str, float]
+    ack_latency_ms: dict[str, float]
+    timeline: list[dict[str, float]]
+    server_resources: list[dict[str, float]]
+    server_metrics: dict[str, float]
+    client_cpu_percent: list[float]
+    client_bound: bool
+    errors: list[str] = []
+    notes: list[str] = []
+
+    def save(self, directory: Path, stem: str) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{stem}.json"
+        path.write_bytes(msgspec.json.format(msgspec.json.encode(self), indent=2))
+        return path
+
+
+def load(path: Path) -> Result:
+    return msgspec.json.decode(path.read_bytes(), type=Result)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    libs = {}
+    for name in ("trio", "msgspec", "hypercorn", "quart-trio", "python-socketio", "uvicorn"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            libs[name] = metadata.version(name)
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": libs,
+    }

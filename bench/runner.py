@@ -1,0 +1,294 @@
+"""Runs one scenario against one target: setup over REST, workers on the client cores, sampling, results."""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue as queue_module
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from bench import worker
+from bench.accounting import settle
+from bench.histogram import Histogram
+from bench.result import Result, git_commit, machine
+from bench.scenarios import Scenario
+from bench.target import Sampler, Target, server_cores
+
+DRAIN_S = 2.0  # after the last scheduled send, how long receivers keep counting late deliveries
+CLIENT_BOUND_CPU = 90.0  # a worker busier than this (% of one core) may be what limits the numbers
+
+
+class RunError(RuntimeError):
+    pass
+
+
+def setup(target: Target, scenario: Scenario) -> tuple[list[str], list[str]]:
+    """Users (signup-batch, login-batch) and rooms (one POST each, creator first): tokens and room ids."""
+    tag = f"{int(time.time()) % 100000:05d}"
+    creds = [{"username": f"bench{tag}_{i}", "password": f"password{i}_2024"} for i in range(scenario.users)]
+    with httpx.Client(base_url=target.url, timeout=300) as http:
+        tokens: list[str] = []
+        for start in range(0, len(creds), 500):
+            chunk = creds[start : start + 500]
+            r = http.post("/api/auth/signup-batch", json={"users": chunk})
+            if r.status_code != 201:
+                raise RunError(f"signup-batch: {r.status_code} {r.text[:200]}")
+            r = http.post("/api/auth/login-batch", json={"users": chunk})
+            if r.status_code != 200 or len(r.json()["results"]) != len(chunk):
+                raise RunError(f"login-batch: {r.status_code} {r.text[:200]}")
+            tokens += [entry["token"] for entry in r.json()["results"]]
+        room_ids: list[str] = []
+        for members in scenario.rooms:
+            body = {"name": f"bench {len(room_ids)} 🎆", "participants": [creds[m]["username"] for m in members[1:]]}
+            r = http.post("/api/chatrooms", json=body, headers={"Authorization": f"Bearer {tokens[members[0]]}"})
+            if r.status_code != 201:
+                raise RunError(f"create room: {r.status_code} {r.text[:200]}")
+            room_ids.append(r.json()["roomId"])
+    return tokens, room_ids
+
+
+def plan_workers(
+    scenario: Scenario, target: Target, *, tokens: list[str], room_ids: list[str], workers: int, cpus: list[int]
+) -> list[worker.WorkerPlan]:
+    sends: dict[int, list[tuple[int, float]]] = {}
+    for send in scenario.sends:
+        sends.setdefault(send.user, []).append((send.room, send.rate))
+    members = [worker.MemberPlan(u, tokens[u], sends.get(u, []), u in scenario.stalled) for u in range(scenario.users)]
+    host, port = target.host_port
+    plans = []
+    for w in range(workers):
+        mine = members[w::workers]
+        cpu = [cpus[w % len(cpus)]] if cpus else []
+        plans.append(
+            worker.WorkerPlan(w, host, port, room_ids, mine, scenario.duration, DRAIN_S, scenario.padding, cpu)
+        )
+    return [p for p in plans if p.members]
+
+
+def run(
+    scenario: Scenario,
+    target: Target,
+    *,
+    workers: int | None = None,
+    on_second: Callable[[dict[str, float]], None] | None = None,
+    profile_to: Path | None = None,
+) -> Result:
+    _, client_cpus = server_cores()
+    workers = workers or max(1, len(client_cpus))
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    tokens, room_ids = setup(target, scenario)
+    plans = plan_workers(scenario, target, tokens=tokens, room_ids=room_ids, workers=workers, cpus=client_cpus)
+    ctx = multiprocessing.get_context("spawn")
+    results: Any = ctx.Queue()
+    start_event = ctx.Event()
+    start_at = ctx.Value("d", 0.0)
+    procs = [
+        ctx.Process(target=worker.main, args=(msgspec.msgpack.encode(p), results, start_event, start_at), daemon=True)
+        for p in plans
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        return _drive(
+            scenario,
+            target,
+            plans=plans,
+            results=results,
+            start_event=start_event,
+            start_at=start_at,
+            started_at=started_at,
+            on_second=on_second,
+            profile_to=profile_to,
+        )
+    finally:
+        for proc in procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _drive(
+    scenario: Scenario,
+    target: Target,
+    *,
+    plans: list[worker.WorkerPlan],
+    results: Any,
+    start_event: Any,
+    start_at: Any,
+    started_at: str,
+    on_second: Callable[[dict[str, float]], None] | None,
+    profile_to: Path | None,
+) -> Result:
+    ready = 0
+    while ready < len(plans):
+        kind, payload = _get(results, 120)
+        if kind == "error":
+            raise RunError(payload)
+        ready += 1
+    sampler = Sampler(target)
+    metrics_before = sampler.scrape()
+    begin = time.monotonic() + 0.5
+    start_at.value = begin
+    start_event.set()
+    profiler = _start_profiler(target, scenario.duration, profile_to)
+    reports: list[worker.WorkerReport] = []
+    errors: list[str] = []
+    next_sample = begin
+    while len(reports) + len(errors) < len(plans):
+        try:
+            kind, payload = results.get(timeout=max(0.05, next_sample - time.monotonic()))
+        except queue_module.Empty:
+            t = time.monotonic() - begin
+            if t > scenario.duration + DRAIN_S + 120:
+                raise RunError("workers did not report in time") from None
+            sampler.sample(t)
+            if on_second is not None and sampler.samples:
+                on_second(sampler.samples[-1])
+            next_sample += 1.0
+            continue
+        if kind == "report":
+            reports.append(msgspec.msgpack.decode(payload, type=worker.WorkerReport))
+        elif kind == "error":
+            errors.append(payload)
+    if profiler is not None:
+        profiler.wait(timeout=scenario.duration + 60)
+    metrics_after = sampler.scrape()
+    return _result(
+        scenario,
+        target,
+        reports,
+        errors=errors,
+        sampler=sampler,
+        before=metrics_before,
+        after=metrics_after,
+        started_at=started_at,
+    )
+
+
+def _get(results: Any, timeout: float) -> tuple[str, Any]:
+    try:
+        item: tuple[str, Any] = results.get(timeout=timeout)
+    except queue_module.Empty:
+        raise RunError("a worker did not connect its clients in time") from None
+    return item
+
+
+def _start_profiler(target: Target, duration: float, out: Path | None) -> subprocess.Popen[bytes] | None:
+    if out is None or target.pid is None:
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        ["py-spy", "record", "-p", str(target.pid), "-d", str(int(duration)), "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _result(
+    scenario: Scenario,
+    target: Target,
+    reports: list[worker.WorkerReport],
+    *,
+    errors: list[str],
+    sampler: Sampler,
+    before: dict[str, float],
+    after: dict[str, float],
+    started_at: str,
+) -> Result:
+    accepted = {(s, r): n for rep in reports for s, r, n in rep.accepted}
+    seen = {(m, s, r): summary for rep in reports for m, s, r, summary in rep.seen}
+    readers = {room: [m for m in members if m not in scenario.stalled] for room, members in enumerate(scenario.rooms)}
+    totals = settle(accepted, seen, readers)
+    delivery, ack = Histogram(), Histogram()
+    for rep in reports:
+        delivery.add(Histogram.decode(rep.delivery_hist))
+        ack.add(Histogram.decode(rep.ack_hist))
+    sent = sum(r.sent for r in reports)
+    acked = sum(r.acked for r in reports)
+    duration = scenario.duration
+    client_cpu = [round(100 * r.cpu_seconds / max(r.wall_seconds, 1e-9), 1) for r in reports]
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if k.endswith("_total")}
+    notes = []
+    if any(c > CLIENT_BOUND_CPU for c in client_cpu):
+        notes.append(
+            f"client-bound: a worker used more than {CLIENT_BOUND_CPU:g}% of its core; the server may"
+            " be able to do more than these numbers show"
+        )
+    if not target.persists:
+        notes.append(f"{target.name} persists nothing: messages live only in memory")
+    return Result(
+        scenario=scenario.name,
+        description=scenario.description,
+        parameters={
+            "users": scenario.users,
+            "rooms": len(scenario.rooms),
+            "duration_s": duration,
+            "offered_msgs_per_s": round(scenario.offered_rate, 2),
+            "expected_deliveries_per_s": round(scenario.expected_deliveries_per_s, 2),
+            "padding_chars": scenario.padding,
+            "stalled_members": len(scenario.stalled),
+            "workers": len(reports),
+            "arithmetic": scenario.arithmetic,
+        },
+        server={"name": target.name, "url": target.url, **target.settings, "persists": target.persists},
+        git_commit=git_commit(),
+        machine=machine(),
+        started_at=started_at,
+        counts={
+            "offered": round(scenario.offered_rate * duration),
+            "sent": sent,
+            "acked": acked,
+            "rejected": sum(r.rejected for r in reports),
+            "expected_deliveries": totals.expected,
+            "delivered": totals.delivered,
+            "lost": totals.lost,
+            "duplicated": totals.duplicated,
+            "out_of_order": totals.out_of_order,
+        },
+        throughput={
+            "offered_msgs_per_s": round(scenario.offered_rate, 1),
+            "sent_msgs_per_s": round(sent / duration, 1),
+            "acked_msgs_per_s": round(acked / duration, 1),
+            "deliveries_per_s": round(totals.delivered / duration, 1),
+        },
+        delivery_latency_ms=delivery.summary_ms(),
+        ack_latency_ms=ack.summary_ms(),
+        timeline=_timeline(reports),
+        server_resources=sampler.samples,
+        server_metrics={k.removeprefix("minitalk_"): v for k, v in delta.items()},
+        client_cpu_percent=client_cpu,
+        client_bound=bool(notes and notes[0].startswith("client-bound")),
+        errors=[e[:500] for rep in reports for e in rep.errors][:20] + errors,
+        notes=notes,
+    )
+
+
+def _timeline(reports: list[worker.WorkerReport]) -> list[dict[str, float]]:
+    seconds = max((len(r.timeline) for r in reports), default=0)
+    rows = []
+    for i in range(seconds):
+        sent = acked = delivered = 0
+        hist = Histogram()
+        for r in reports:
+            if i < len(r.timeline):
+                s, a, d, encoded = r.timeline[i]
+                sent, acked, delivered = sent + s, acked + a, delivered + d
+                hist.add(Histogram.decode(encoded))
+        rows.append(
+            {
+                "t": i + 1,
+                "sent": sent,
+                "acked": acked,
+                "delivered": delivered,
+                "p50_ms": hist.percentile_ms(50),
+                "p99_ms": hist.percentile_ms(99),
+            }
+        )
+    return rows

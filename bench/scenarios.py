@@ -1,0 +1,180 @@
+"""The scenarios: who is in which room, who sends where and how fast, for how long.
+
+Presets reproduce the MinitalkChat load test (contract §6.2-6.3) with the load it *really* offers; the others
+come from the benchmarking seed (single publisher, multiple publishers, fan-out, slow consumer, stress ramp).
+Every scenario is bounded in time (``duration``) and in count (users, rooms, rates are fixed numbers).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import msgspec
+
+SEED = 2026  # the same rooms and members in every run, so results compare
+
+
+class Send(msgspec.Struct, frozen=True, array_like=True):
+    user: int
+    room: int
+    rate: float  # messages per second
+
+
+class Scenario(msgspec.Struct, frozen=True):
+    name: str
+    description: str
+    users: int
+    rooms: list[list[int]]  # member user indexes; the first creates the room
+    sends: list[Send]
+    duration: float
+    padding: int = 60  # extra content characters, so a message is the size of a load-test greeting
+    stalled: list[int] = []  # users that connect and then never read (slow-consumer scenario)
+    arithmetic: str = ""  # how the offered load was derived, for the report
+
+    @property
+    def offered_rate(self) -> float:
+        return sum(s.rate for s in self.sends)
+
+    @property
+    def expected_deliveries_per_s(self) -> float:
+        sizes = [len([m for m in members if m not in self.stalled]) for members in self.rooms]
+        return sum(s.rate * sizes[s.room] for s in self.sends)
+
+
+# name: (users, rooms, seconds, nominal rate) from the load test's menu (contract §6.2)
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (3, 2, 30, 10),
+    "light": (10, 5, 60, 50),
+    "quick": (30, 10, 30, 1000),
+    "medium": (100, 15, 60, 5000),
+    "strong": (500, 20, 120, 10000),
+    "extreme": (1000, 25, 180, 20000),
+    "mega": (5000, 30, 300, 50000),
+}
+
+
+def original_offered_rate(users: int, rate: int) -> tuple[float, str]:
+    """What the original load test really offers, and the arithmetic (contract §6.3, threaded mode)."""
+    sockets = min(users, 1000)
+    if 100 < rate <= 1000:
+        threads = min(30, sockets)
+        per_worker = rate // threads
+        batch = max(1, min(10, per_worker // 10))
+        offered = threads * batch * per_worker  # each thread: `batch` emits every 1/per_worker s
+        return offered, (
+            f"threads = min(30, {sockets}) = {threads}; messages_per_worker = {rate} // {threads} = {per_worker};"
+            f" sleep = 1/{per_worker} s; batch = max(1, min(10, {per_worker} // 10)) = {batch};"
+            f" offered = {threads} x {batch} x {per_worker} = {offered} msg/s (the banner says {rate})"
+        )
+    return float(rate), (
+        f"nominal {rate} msg/s: the contract documents the original's thread arithmetic only for 100 < rate ≤ 1000"
+        " (the quick preset), so this preset offers its nominal rate"
+    )
+
+
+def preset(name: str, duration: float | None = None) -> Scenario:
+    users, room_count, seconds, rate = PRESETS[name]
+    rng = random.Random(SEED)
+    creator = rng.randrange(users)  # one creator for every room, as the load test does (§6.3-2)
+    rooms = []
+    for _ in range(room_count):
+        picked = rng.sample(range(users), min(users, rng.randint(3, 8)))
+        rooms.append([creator, *[u for u in picked if u != creator]])
+    pairs = [(user, room) for room, members in enumerate(rooms) for user in members]
+    offered, arithmetic = original_offered_rate(users, rate)
+    sends = [Send(user, room, offered / len(pairs)) for user, room in pairs]
+    return Scenario(
+        name,
+        f"load test preset '{name}': {users} users, {room_count} rooms, offered {offered:g} msg/s"
+        " spread evenly over every (socket, room) pair, as its random pair choice does on average",
+        users,
+        rooms,
+        sends,
+        duration or seconds,
+        arithmetic=arithmetic,
+    )
+
+
+def single(rate: float = 100, duration: float = 30) -> Scenario:
+    return Scenario(
+        "single",
+        f"one publisher, one consumer (latency baseline), {rate:g} msg/s",
+        2,
+        [[0, 1]],
+        [Send(0, 0, rate)],
+        duration,
+    )
+
+
+def multipub(publishers: int = 50, rate: float = 5000, duration: float = 30) -> Scenario:
+    members = list(range(publishers))
+    return Scenario(
+        "multipub",
+        f"{publishers} publishers in one room, {rate:g} msg/s in all",
+        publishers,
+        [members],
+        [Send(u, 0, rate / publishers) for u in members],
+        duration,
+    )
+
+
+def fanout(members: int = 1000, rate: float = 300, duration: float = 30) -> Scenario:
+    return Scenario(
+        "fanout",
+        f"one room of {members} members, one publisher at {rate:g} msg/s ({members * rate:,.0f} deliveries/s)",
+        members,
+        [list(range(members))],
+        [Send(0, 0, rate)],
+        duration,
+    )
+
+
+def slow_consumer(members: int = 50, stalled: int = 5, rate: float = 200, duration: float = 30) -> Scenario:
+    return Scenario(
+        "slow-consumer",
+        f"a room of {members}; {stalled} members stop reading; {rate:g} msg/s with"
+        " 4 KB messages: the rest of the room must not notice",
+        members,
+        [list(range(members))],
+        [Send(0, 0, rate)],
+        duration,
+        padding=4000,
+        stalled=list(range(members - stalled, members)),
+    )
+
+
+def smoke(duration: float = 3) -> Scenario:
+    """A few seconds, a few clients: the test suite's end-to-end check of the whole instrument."""
+    return Scenario(
+        "smoke",
+        "3 users in 2 rooms, 20 msg/s each",
+        3,
+        [[0, 1, 2], [1, 2]],
+        [Send(0, 0, 20), Send(1, 1, 20), Send(2, 0, 20)],
+        duration,
+    )
+
+
+def by_name(
+    name: str, *, duration: float | None = None, rate: float | None = None, members: int | None = None
+) -> Scenario:
+    if name in PRESETS:
+        return preset(name, duration)
+    kwargs: dict[str, float] = {}
+    if duration is not None:
+        kwargs["duration"] = duration
+    if rate is not None:
+        kwargs["rate"] = rate
+    if members is not None and name in ("fanout", "slow-consumer"):
+        kwargs["members"] = members
+    builders: dict[str, Callable[..., Scenario]] = {
+        "single": single,
+        "multipub": multipub,
+        "fanout": fanout,
+        "slow-consumer": slow_consumer,
+        "smoke": smoke,
+    }
+    if name not in builders:
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join([*PRESETS, *builders, 'stress'])}")
+    return builders[name](**kwargs)

@@ -1,0 +1,178 @@
+"""The server under test: ours started fresh (temporary database, pinned to a core), a peer, or a running URL."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+
+
+class TargetError(RuntimeError):
+    pass
+
+
+def check_loopback(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if not (host.startswith("127.") or host in ("localhost", "::1")):
+        raise TargetError(f"{url}: the benchmark only targets loopback addresses")
+    return host, parts.port or 80
+
+
+class Target:
+    """A server to benchmark. ``pid`` is None for a server we did not start (then no CPU/RSS samples)."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        pid: int | None,
+        settings: dict[str, object],
+        proc: subprocess.Popen[bytes] | None = None,
+        workdir: str | None = None,
+        persists: bool = True,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.pid = pid
+        self.settings = settings
+        self.persists = persists
+        self._proc = proc
+        self._workdir = workdir
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return check_loopback(self.url)
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def server_cores() -> tuple[list[int], list[int]]:
+    """(cores for the server, cores for the clients): the first core for the server, the rest for load."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if len(cores) < 2:
+        return cores, cores
+    return cores[:1], cores[1:]
+
+
+def pin_prefix(cores: list[int]) -> list[str]:
+    return ["taskset", "-c", ",".join(map(str, cores))] if shutil.which("taskset") else []
+
+
+def start_ours(mode: str, *, extra_args: list[str] | None = None) -> Target:
+    """``python -m server`` on a free port with a fresh temporary database, pinned with taskset."""
+    workdir = tempfile.mkdtemp(prefix="minitalk-bench-")
+    cores, _ = server_cores()
+    args = [
+        sys.executable,
+        "-m",
+        "server",
+        "--port",
+        "0",
+        "--database",
+        f"sqlite:///{workdir}/bench.db",
+        "--delivery-mode",
+        mode,
+        "--log-level",
+        "info",
+        # Setup hashes thousands of passwords through signup-batch; that is not what is measured.
+        "--bcrypt-batch-rounds",
+        "4",
+        *(extra_args or []),
+    ]
+    log = open(Path(workdir) / "server.log", "wb")  # noqa: SIM115 -- lives as long as the server
+    proc = subprocess.Popen([*pin_prefix(cores), *args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    port = _wait_for_port(Path(workdir) / "server.log", proc)
+    settings: dict[str, object] = {
+        "delivery_mode": mode,
+        "database": "sqlite (temporary file)",
+        "pinned_cores": cores,
+        "args": args[3:],
+    }
+    return Target(
+        f"minitalk-trio ({mode})",
+        f"http://127.0.0.1:{port}",
+        pid=proc.pid,
+        settings=settings,
+        proc=proc,
+        workdir=workdir,
+    )
+
+
+def _wait_for_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        if match := _LISTENING.search(text):
+            return int(match.group(1))
+        if proc.poll() is not None:
+            raise TargetError(f"server exited before listening:\n{text[-2000:]}")
+        time.sleep(0.05)
+    raise TargetError("server did not start listening within 30 s")
+
+
+def external(url: str, pid: int | None = None) -> Target:
+    check_loopback(url)
+    httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
+    return Target(f"server at {url}", url, pid=pid, settings={"external": True})
+
+
+class Sampler:
+    """Server CPU % and RSS once a second (psutil), and our /metrics when the server has them."""
+
+    def __init__(self, target: Target) -> None:
+        self._target = target
+        self._process = psutil.Process(target.pid) if target.pid else None
+        if self._process is not None:
+            self._process.cpu_percent(None)
+        self.samples: list[dict[str, float]] = []
+        self.metrics_text = ""
+
+    def sample(self, t: float) -> None:
+        if self._process is None:
+            return
+        try:
+            with self._process.oneshot():
+                cpu = self._process.cpu_percent(None)
+                rss = self._process.memory_info().rss / 2**20
+        except psutil.Error:
+            return
+        self.samples.append({"t": round(t, 2), "cpu_percent": cpu, "rss_mb": round(rss, 1)})
+
+    def scrape(self) -> dict[str, float]:
+        try:
+            r = httpx.get(self._target.url + "/metrics", timeout=5)
+        except httpx.HTTPError:
+            return {}
+        if r.status_code != 200:
+            return {}
+        self.metrics_text = r.text
+        values: dict[str, float] = {}
+        for line in r.text.splitlines():
+            if line.startswith("minitalk_") and " " in line:
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values

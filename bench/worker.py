@@ -1,0 +1,178 @@
+"""A load-generator worker: one process, one trio loop, many clients. Started by the runner, one per core.
+
+Protocol with the runner (multiprocessing queues): connect every client, put ``("ready", worker)``, wait for
+the shared start time, send on schedule for ``duration`` seconds, keep receiving for ``drain`` seconds, then
+put ``("report", WorkerReport)``. Any failure is reported as ``("error", text)`` instead of hanging the run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from typing import Any
+
+import msgspec
+import trio
+
+from bench.accounting import StreamSummary
+from bench.client import Client, Stats
+
+
+class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
+    index: int
+    token: str
+    sends: list[tuple[int, float]]  # (room index, messages per second)
+    stalled: bool = False  # connects, then never reads again (the slow-consumer scenario)
+
+
+class WorkerPlan(msgspec.Struct, frozen=True):
+    worker: int
+    host: str
+    port: int
+    room_ids: list[str]
+    members: list[MemberPlan]
+    duration: float
+    drain: float
+    padding: int
+    cpus: list[int] = []
+
+
+class WorkerReport(msgspec.Struct, frozen=True):
+    worker: int
+    connected: int
+    sent: int
+    acked: int
+    rejected: int
+    delivered: int
+    accepted: list[tuple[int, int, int]]  # (sender, room, count)
+    seen: list[tuple[int, int, int, StreamSummary]]  # (member, sender, room, summary)
+    delivery_hist: str
+    ack_hist: str
+    timeline: list[tuple[int, int, int, str]]
+    cpu_seconds: float
+    wall_seconds: float
+    errors: list[str]
+
+
+def main(plan_bytes: bytes, queue: Any, start_event: Any, start_at: Any) -> None:
+    """Process entry point (spawned): decode the plan, run, report."""
+    plan = msgspec.msgpack.decode(plan_bytes, type=WorkerPlan)
+    if plan.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, plan.cpus)
+    try:
+        report = trio.run(_run, plan, queue, start_event, start_at)
+        queue.put(("report", msgspec.msgpack.encode(report)))
+    except BaseException:
+        queue.put(("error", f"worker {plan.worker}: {traceback.format_exc()}"))
+
+
+async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) -> WorkerReport:
+    stats = Stats()
+    clients = await _connect_all(plan, stats)
+    queue.put(("ready", plan.worker))
+    await trio.to_thread.run_sync(start_event.wait)
+    begin = start_at.value
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    errors: list[str] = []
+    async with trio.open_nursery() as nursery:
+        for client, member in zip(clients, plan.members, strict=True):
+            if not member.stalled:
+                nursery.start_soon(_receive, client, errors)
+        nursery.start_soon(_ticker, stats, begin)
+        async with trio.open_nursery() as senders:
+            for client, member in zip(clients, plan.members, strict=True):
+                if member.sends:
+                    senders.start_soon(_send_on_schedule, client, member, plan, begin, errors)
+        await trio.sleep_until(_trio_time(begin + plan.duration + plan.drain))
+        nursery.cancel_scope.cancel()
+    for client in clients:
+        await client.stream.aclose()
+    return _report(plan, clients, stats, cpu=time.process_time() - cpu0, wall=time.monotonic() - wall0, errors=errors)
+
+
+async def _connect_all(plan: WorkerPlan, stats: Stats) -> list[Client]:
+    clients: list[Client | None] = [None] * len(plan.members)
+    limiter = trio.CapacityLimiter(32)
+
+    async def connect(i: int) -> None:
+        async with limiter:
+            member = plan.members[i]
+            clients[i] = await Client.connect(plan.host, plan.port, member.token, member.index, stats)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(plan.members)):
+            nursery.start_soon(connect, i)
+    return [c for c in clients if c is not None]
+
+
+async def _receive(client: Client, errors: list[str]) -> None:
+    try:
+        await client.receive_loop()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        errors.append(f"client {client.index}: connection lost ({exc!r})")
+
+
+def _trio_time(monotonic_at: float) -> float:
+    return trio.current_time() + (monotonic_at - time.monotonic())
+
+
+async def _ticker(stats: Stats, begin: float) -> None:
+    second = 1
+    while True:
+        await trio.sleep_until(_trio_time(begin + second))
+        stats.tick()
+        second += 1
+
+
+async def _send_on_schedule(
+    client: Client, member: MemberPlan, plan: WorkerPlan, begin: float, errors: list[str]
+) -> None:
+    """Open loop: message k of a stream is due at begin + k / rate, whatever the server does."""
+    await trio.sleep_until(_trio_time(begin))
+    counts = [0] * len(member.sends)
+    padding = "x" * plan.padding
+    end = begin + plan.duration
+    try:
+        while True:
+            now = time.monotonic()
+            frames = []
+            for i, (room, rate) in enumerate(member.sends):
+                due = min(math.floor((min(now, end) - begin) * rate) + 1, math.floor(plan.duration * rate))
+                for k in range(counts[i], due):
+                    scheduled_ns = int((begin + k / rate) * 1e9)
+                    frames.append(client.frame_for(room, plan.room_ids[room], k, scheduled_ns, padding))
+                counts[i] = max(counts[i], due)
+            if frames:
+                await client.stream.send_all(b"".join(frames))
+                client.stats.sent_messages(len(frames))
+            if now >= end:
+                return
+            next_due = min(begin + counts[i] / rate for i, (_, rate) in enumerate(member.sends))
+            await trio.sleep_until(_trio_time(min(next_due, end)))
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        errors.append(f"sender {client.index}: connection lost ({exc!r})")
+
+
+def _report(
+    plan: WorkerPlan, clients: list[Client], stats: Stats, *, cpu: float, wall: float, errors: list[str]
+) -> WorkerReport:
+    accepted = [(c.index, room, count) for c in clients for room, count in c.accepted.items()]
+    seen = [(c.index, sender, room, t.summary()) for c in clients for (sender, room), t in c.trackers.items()]
+    return WorkerReport(
+        plan.worker,
+        len(clients),
+        stats.sent,
+        stats.acked,
+        sum(c.rejected for c in clients),
+        stats.delivered,
+        accepted,
+        seen,
+        stats.delivery_latency.encode(),
+        stats.ack_latency.encode(),
+        stats.timeline,
+        cpu,
+        wall,
+        errors,
+    )
