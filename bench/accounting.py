@@ -66,20 +66,29 @@ class Totals(msgspec.Struct, frozen=True):
 
 
 def settle(
-    accepted: dict[tuple[int, int], int], seen: dict[tuple[int, int, int], StreamSummary], members: dict[int, list[int]]
+    accepted: dict[tuple[int, int], int],
+    seen: dict[tuple[int, int, int], StreamSummary],
+    members: dict[int, list[int]],
+    counted: dict[int, int] | None = None,
 ) -> Totals:
     """Totals for a run.
 
     ``accepted[(sender, room)]``: messages of that stream the server accepted (acked, or sent for servers
-    without acks), numbered 0..k-1. ``seen[(member, sender, room)]``: what a member saw of the stream.
-    ``members[room]``: the members that were connected for the whole run. Every member should have seen every
-    accepted message of every stream of its room once: anything less is lost, anything more duplicated.
+    without acks), numbered 0..k-1. ``seen[(member, sender, room)]``: what a checking member saw of the stream.
+    ``members[room]``: the members that read for the whole run. ``counted[member]``: deliveries a count-only
+    member received in all its rooms; for those, loss and duplication are found in aggregate (fewer or more
+    deliveries than accepted messages), and order is not checked.
     """
+    counted = counted or {}
     expected = delivered = lost = duplicated = out_of_order = 0
+    owed: dict[int, int] = {}
     for (sender, room), count in accepted.items():
         for member in members.get(room, []):
-            summary = seen.get((member, sender, room))
             expected += count
+            if member in counted:
+                owed[member] = owed.get(member, 0) + count
+                continue
+            summary = seen.get((member, sender, room))
             if summary is None:
                 lost += count
                 continue
@@ -89,4 +98,8 @@ def settle(
             delivered += summary.delivered
             duplicated += summary.duplicates
             out_of_order += summary.out_of_order
+    for member, got in counted.items():
+        delivered += got
+        lost += max(0, owed.get(member, 0) - got)
+        duplicated += max(0, got - owed.get(member, 0))
     return Totals(expected, delivered, lost, duplicated, out_of_order)

@@ -25,6 +25,7 @@ class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
     token: str
     sends: list[tuple[int, float]]  # (room index, messages per second)
     stalled: bool = False  # connects, then never reads again (the slow-consumer scenario)
+    check: bool = True  # False: count deliveries only (see runner.CHECKED_PER_ROOM)
 
 
 class WorkerPlan(msgspec.Struct, frozen=True):
@@ -48,6 +49,7 @@ class WorkerReport(msgspec.Struct, frozen=True):
     delivered: int
     accepted: list[tuple[int, int, int]]  # (sender, room, count)
     seen: list[tuple[int, int, int, StreamSummary]]  # (member, sender, room, summary)
+    counted: list[tuple[int, int]]  # (member, deliveries) for count-only members
     delivery_hist: str
     ack_hist: str
     timeline: list[tuple[int, int, int, str]]
@@ -99,7 +101,9 @@ async def _connect_all(plan: WorkerPlan, stats: Stats) -> list[Client]:
     async def connect(i: int) -> None:
         async with limiter:
             member = plan.members[i]
-            clients[i] = await Client.connect(plan.host, plan.port, member.token, member.index, stats)
+            clients[i] = await Client.connect(
+                plan.host, plan.port, member.token, member.index, stats, check=member.check
+            )
 
     async with trio.open_nursery() as nursery:
         for i in range(len(plan.members)):
@@ -169,6 +173,7 @@ def _report(
         stats.delivered,
         accepted,
         seen,
+        [(c.index, c.counted) for c in clients if not c.check],
         stats.delivery_latency.encode(),
         stats.ack_latency.encode(),
         stats.timeline,

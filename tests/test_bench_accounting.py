@@ -47,3 +47,12 @@ def test_tracker_invariants(ns: list[int]) -> None:
     assert s.duplicates == len(ns) - len(distinct)
     assert s.next - len(s.missing) == len(distinct)
     assert set(s.missing) == set(range(s.next)) - distinct
+
+
+def test_count_only_members_catch_loss_and_duplication_in_aggregate() -> None:
+    accepted = {(0, 0): 10, (1, 0): 5}
+    seen = {(0, 0, 0): track(list(range(10))), (0, 1, 0): track(list(range(5)))}
+    members = {0: [0, 7, 8]}
+    totals = settle(accepted, seen, members, counted={7: 15, 8: 13})
+    assert (totals.expected, totals.lost, totals.duplicated) == (45, 2, 0)
+    assert settle(accepted, seen, members, counted={7: 16, 8: 15}).duplicated == 1
