@@ -58,16 +58,13 @@ class Client:
             + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
             + key
             + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            + client_frame(b"40")
         )
-        buffer = b""
-        while b'40{"sid"' not in buffer:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                raise ConnectionError(f"closed during the handshake: {buffer[:200]!r}")
-            buffer += chunk
+        # As real clients do: CONNECT only after the Engine.IO OPEN packet (some servers drop earlier frames).
+        buffer = await _read_until(stream, b'0{"sid"', b"")
         if not buffer.startswith(b"HTTP/1.1 101"):
             raise ConnectionError(buffer[:200].decode(errors="replace"))
+        await stream.send_all(client_frame(b"40"))
+        await _read_until(stream, b'40{"sid"', buffer)
         return cls(stream, index, stats, check=check)
 
     def frame_for(self, room: int, room_id: str, n: int, scheduled_ns: int, padding: str) -> bytes:
@@ -132,6 +129,15 @@ class Client:
             self.stats.ack((now - sched) // 1000)
         else:
             self.rejected += 1
+
+
+async def _read_until(stream: trio.SocketStream, marker: bytes, buffer: bytes) -> bytes:
+    while marker not in buffer:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise ConnectionError(f"closed during the handshake: {buffer[:200]!r}")
+        buffer += chunk
+    return buffer
 
 
 class Stats:
