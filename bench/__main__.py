@@ -8,8 +8,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 from bench import compare as compare_mod
-from bench import report, runner, scenarios, target
+from bench import report, runner, scenarios, stress, target
+from bench.peers import launch
 from bench.result import Result, load
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,6 +47,22 @@ def _parser() -> argparse.ArgumentParser:
         default=0.10,
         help="noise threshold as a fraction (default 0.10: run-to-run variation on this machine)",
     )
+    run.add_argument("--p99-bound", type=float, default=100.0, help="stress: delivery p99 bound in ms (default 100)")
+    run.add_argument("--start-rate", type=float, default=1000.0, help="stress: first step in msg/s (default 1000)")
+    peers = sub.add_parser("peers", help="the same scenario against ours (durable, fast) and the reference peers")
+    peers.add_argument("scenario", help="a scenario name as for run (the stress ramp runs with --stress)")
+    peers.add_argument("--duration", type=float)
+    peers.add_argument("--rate", type=float)
+    peers.add_argument("--members", type=int)
+    peers.add_argument("--stress", action="store_true", help="also ramp each target to its max sustainable rate")
+    peers.add_argument("--p99-bound", type=float, default=100.0)
+    peers.add_argument("--start-rate", type=float, default=500.0)
+    peers.add_argument(
+        "--only",
+        nargs="*",
+        help="targets to include (default: all): ours-durable ours-fast python-socketio node-socket.io",
+    )
+    peers.add_argument("--out", type=Path, default=RESULTS)
     sub.add_parser("list", help="list the scenarios")
     return p
 
@@ -62,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             print(name)
         return 0
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.command == "peers":
+        return run_peers(args, command)
+    if args.scenario == "stress":
+        return run_stress(args, command)
     scenario = scenarios.by_name(args.scenario, duration=args.duration, rate=args.rate, members=args.members)
     server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -73,6 +96,114 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     write(result, args.out, stem, command)
     return 0
+
+
+TARGETS = ("ours-durable", "ours-fast", "python-socketio", "node-socket.io")
+
+
+def start_target(name: str) -> target.Target:
+    if name.startswith("ours-"):
+        return target.start_ours(name.removeprefix("ours-"))
+    return launch.start_peer(name)
+
+
+def run_stress(args: argparse.Namespace, command: str) -> int:
+    server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
+    try:
+        ramp = stress.ramp(server, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step)
+    finally:
+        server.stop()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    path = args.out / f"{stamp}-stress-{args.mode}.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(ramp), indent=2))
+    print(stress_table([ramp]))
+    print(f"\nresults: {path}")
+    return 0
+
+
+def _print_step(step: dict[str, object]) -> None:
+    print(
+        f"  {step['rate']:>8,} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
+        f" {step['deliveries_per_s']:>11,.0f}/s, p99 {step['p99_ms']:>9,.1f} ms: {step['why']}",
+        flush=True,
+    )
+
+
+def stress_table(ramps: list[dict[str, object]]) -> str:
+    lines = [
+        "| target | max sustainable msgs/s | deliveries/s | p99 at max (ms) | limited by |",
+        "|---|---|---|---|---|",
+    ]
+    for r in ramps:
+        lines.append(
+            f"| {r['target']} | {r['max_sustainable_msgs_per_s']:,.0f} | {r['max_sustainable_deliveries_per_s']:,.0f}"
+            f" | {r['p99_at_max_ms']:,.1f} | {r['limited_by']} |"
+        )
+    return "\n".join(lines)
+
+
+def run_peers(args: argparse.Namespace, command: str) -> int:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    results: list[Result] = []
+    ramps: list[dict[str, object]] = []
+    skipped: list[str] = []
+    for name in args.only or TARGETS:
+        try:
+            server = start_target(name)
+        except launch.PeerUnavailable as exc:
+            print(exc)
+            skipped.append(str(exc))
+            continue
+        print(f"== {server.name}", flush=True)
+        try:
+            scenario = scenarios.by_name(args.scenario, duration=args.duration, rate=args.rate, members=args.members)
+            results.append(runner.run(scenario, server))
+            if args.stress:
+                ramps.append(
+                    stress.ramp(server, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step)
+                )
+        finally:
+            server.stop()
+    stem = f"{stamp}-peers-{args.scenario}"
+    md = write(results, args.out, stem, command)
+    extra = ["", "## Ratios (ours / peer)", "", ratio_table(results, ramps)]
+    if ramps:
+        extra += ["", "## Stress ramp: maximum sustainable rate", "", stress_table(ramps)]
+        (args.out / f"{stem}-stress.json").write_bytes(msgspec.json.format(msgspec.json.encode(ramps), indent=2))
+    extra += [f"\n- {s}" for s in skipped]
+    md.write_text(md.read_text() + "\n".join(extra) + "\n")
+    print("\n".join(extra))
+    return 0
+
+
+def ratio_table(results: list[Result], ramps: list[dict[str, object]]) -> str:
+    ours = [r for r in results if r.server["name"].startswith("minitalk-trio")]
+    peers = [r for r in results if not r.server["name"].startswith("minitalk-trio")]
+    by_name = {str(r["target"]): r for r in ramps}
+    lines = [
+        "| ours | peer | max msgs/s | max deliveries/s | p99 at the scenario's load (peer / ours) |",
+        "|---|---|---|---|---|",
+    ]
+    for o in ours:
+        for p in peers:
+            ro, rp = by_name.get(o.server["name"]), by_name.get(p.server["name"])
+            msgs = _ratio(ro, rp, "max_sustainable_msgs_per_s")
+            dels = _ratio(ro, rp, "max_sustainable_deliveries_per_s")
+            p99 = (
+                p.delivery_latency_ms["p99"] / o.delivery_latency_ms["p99"]
+                if o.delivery_latency_ms["p99"]
+                else float("nan")
+            )
+            lines.append(f"| {o.server['name']} | {p.server['name']} | {msgs} | {dels} | {p99:,.1f}x |")
+    return "\n".join(lines)
+
+
+def _ratio(ours: dict[str, object] | None, peer: dict[str, object] | None, key: str) -> str:
+    if not ours or not peer:
+        return "(run with --stress)"
+    a, b = float(ours[key]), float(peer[key])  # type: ignore[arg-type]
+    return f"{a / b:,.1f}x" if b else "∞ (peer sustained none)"
 
 
 def write(result: Result | list[Result], out: Path, stem: str, command: str) -> Path:

@@ -67,7 +67,7 @@ async def send_message(sid: str, data: Any) -> dict[str, Any] | None:
 @sio.event
 async def join_room(sid: str, data: Any) -> None:
     username = (await sio.get_session(sid))["username"]
-    room = rooms.get(data.get("roomId")) if isinstance(data, dict) else None
+    room = rooms.get(str(data.get("roomId"))) if isinstance(data, dict) else None
     if room is None or username not in room["participants"]:
         await sio.emit("error", {"message": "You are not a member of this chat room"}, to=sid)
         return
