@@ -12,6 +12,7 @@ import msgspec
 
 from bench import compare as compare_mod
 from bench import report, runner, scenarios, stress, target
+from bench.live import LiveView
 from bench.peers import launch
 from bench.result import Result, load
 
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="record the server with py-spy; flame graph beside the report"
     )
     run.add_argument("--out", type=Path, default=RESULTS, help="where results and reports go")
+    run.add_argument("--no-live", action="store_true", help="no live table on stderr while running")
     cmp = sub.add_parser("compare", help="compare two results; exit 1 if NEW regressed past the threshold")
     cmp.add_argument("old", type=Path)
     cmp.add_argument("new", type=Path)
@@ -91,7 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"{stamp}-{scenario.name}-{args.mode if not args.url else 'external'}"
     try:
         profile = args.out / f"{stem}-flame.svg" if args.profile else None
-        result = runner.run(scenario, server, workers=args.workers, profile_to=profile)
+        if args.no_live:
+            result = runner.run(scenario, server, workers=args.workers, profile_to=profile)
+        else:
+            with LiveView(scenario, server.name) as live:
+                result = runner.run(
+                    scenario,
+                    server,
+                    workers=args.workers,
+                    profile_to=profile,
+                    on_tick=live.tick,
+                    on_second=live.server_sample,
+                )
     finally:
         server.stop()
     write(result, args.out, stem, command)

@@ -70,6 +70,7 @@ def settle(
     seen: dict[tuple[int, int, int], StreamSummary],
     members: dict[int, list[int]],
     counted: dict[int, int] | None = None,
+    lenient: set[int] | None = None,
 ) -> Totals:
     """Totals for a run.
 
@@ -77,8 +78,10 @@ def settle(
     without acks), numbered 0..k-1. ``seen[(member, sender, room)]``: what a checking member saw of the stream.
     ``members[room]``: the members that read for the whole run. ``counted[member]``: deliveries a count-only
     member received in all its rooms; for those, loss and duplication are found in aggregate (fewer or more
-    deliveries than accepted messages), and order is not checked.
+    deliveries than accepted messages), and order is not checked. ``lenient`` members (the mixed scenario's
+    churners) take each message once by seq, live or from history catch-up: only their losses count.
     """
+    lenient = lenient or set()
     counted = counted or {}
     expected = delivered = lost = duplicated = out_of_order = 0
     owed: dict[int, int] = {}
@@ -96,8 +99,9 @@ def settle(
             beyond = max(0, summary.next - count)  # seen numbers the server never accepted: not expected
             lost += max(0, count - (unique - beyond))
             delivered += summary.delivered
-            duplicated += summary.duplicates
-            out_of_order += summary.out_of_order
+            if member not in lenient:
+                duplicated += summary.duplicates
+                out_of_order += summary.out_of_order
     for member, got in counted.items():
         delivered += got
         lost += max(0, owed.get(member, 0) - got)

@@ -26,6 +26,8 @@ _encode = msgspec.json.Encoder().encode
 # The ack must be complete (up to its closing "]"): one split across two reads is matched on the next read.
 _PATTERN = re.compile(rb'"content":"(\d+)\|(\d+)\|(\d+)\|(\d+)\||43(\d+)\[(\{[^\]]{0,300}\}|)\]')
 _CONTENT = b'"content":"'
+# Churners also need each message's seq (our server's payload and history rows both put it after id).
+_WITH_SEQ = re.compile(rb'"content":"(\d+)\|(\d+)\|(\d+)\|(\d+)\|[^"]*","timestamp":"[^"]*","id":"[^"]*","seq":(\d+)')
 
 _TAIL = 512  # longest partial header or ack we may need to re-scan with the next chunk
 
@@ -39,6 +41,7 @@ class Client:
         self.stats = stats
         self.check = check  # False: only count deliveries (members beyond the checked sample of a big room)
         self.counted = 0
+        self.seqs: dict[int, set[int]] | None = None  # churners: seqs seen per room, live or from history
         self.trackers: dict[tuple[int, int], StreamTracker] = {}  # (sender, room) → what this member saw
         self.pending_acks: dict[int, tuple[int, int]] = {}  # ack id → (room, scheduled ns)
         self.accepted: dict[int, int] = {}  # room → messages of ours the server accepted
@@ -79,6 +82,9 @@ class Client:
         if not self.check:
             await self._count_loop()
             return
+        if self.seqs is not None:
+            await self._seq_loop()
+            return
         stats = self.stats
         while True:
             data = await self.stream.receive_some(1 << 20)
@@ -102,6 +108,42 @@ class Client:
             self._tail = buf[max(end, len(buf) - _TAIL) :]
             if PING_FRAME in data:
                 await self.stream.send_all(PONG)
+
+    async def _seq_loop(self) -> None:
+        """The churner's path: like the checked path, but each message is taken once by its seq, live or not."""
+        tail = b""
+        while True:
+            data = await self.stream.receive_some(1 << 20)
+            if not data:
+                return
+            buf = tail + data
+            end = self.absorb(buf, live=True)
+            tail = buf[max(end, len(buf) - _TAIL) :]
+            if PING_FRAME in data:
+                await self.stream.send_all(PONG)
+
+    def absorb(self, data: bytes, *, live: bool) -> int:
+        """Feed messages (a websocket chunk or a history page) into the trackers; returns where parsing ended."""
+        assert self.seqs is not None
+        now = time.monotonic_ns()
+        end = 0
+        for match in _WITH_SEQ.finditer(data):
+            end = match.end()
+            sched, sender, room, n, seq = (int(g) for g in match.groups())
+            seen = self.seqs.setdefault(room, set())
+            if seq in seen:
+                continue
+            seen.add(seq)
+            key = (sender, room)
+            tracker = self.trackers.get(key)
+            if tracker is None:
+                tracker = self.trackers[key] = StreamTracker()
+            tracker.see(n)
+            if live:
+                self.stats.delivery((now - sched) // 1000)
+            else:
+                self.stats.recovered += 1
+        return end
 
     async def _count_loop(self) -> None:
         """The cheap path: count message headers in the byte stream (C speed), answer pings, nothing else."""
@@ -149,6 +191,11 @@ class Stats:
         self.sent = 0
         self.acked = 0
         self.delivered = 0
+        self.recovered = 0  # messages a churner got from history catch-up rather than live
+        self.history_reads = 0
+        self.history_latency = Histogram()
+        self.rejoins = 0
+        self.reconnects = 0
         self.second: list[int] = [0, 0, 0]  # sent, acked, delivered in the current second
         self.second_latency = Histogram()
         self.timeline: list[tuple[int, int, int, str]] = []  # per second: sent, acked, delivered, histogram

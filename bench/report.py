@@ -109,6 +109,17 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results) + " |")
     for r in results:
+        drift = endurance_summary(r)
+        if drift:
+            lines.append(f"\n- **{r.server['name']}** over the run: {drift}")
+        if r.churn:
+            lines.append(
+                f"\n- **{r.server['name']}** churners: "
+                + ", ".join(f"{k.replace('_', ' ')} {v:,.1f}" for k, v in r.churn.items())
+            )
+        for key in ("mean_batch_size", "mean_commit_ms", "mean_loop_lag_ms", "slow_consumer_disconnects_total"):
+            if key in r.server_metrics:
+                lines.append(f"\n- {r.server['name']} {key.replace('_', ' ')}: {r.server_metrics[key]:,.2f}")
         for note in r.notes:
             lines.append(f"\n- **{r.server['name']}**: {note}")
         for error in r.errors[:5]:
@@ -128,3 +139,24 @@ def _latency(field: str, key: str) -> Callable[[Result], float]:
 def _mean(samples: list[dict[str, float]], key: str) -> float:
     values = [s[key] for s in samples]
     return sum(values) / len(values) if values else float("nan")
+
+
+def endurance_summary(result: Result) -> str:
+    """RSS growth per minute (least squares over the samples) and p99 drift (first vs last fifth of the run)."""
+    samples = result.server_resources
+    rows = [row for row in result.timeline if not math.isnan(row["p99_ms"])]
+    if len(samples) < 30 or len(rows) < 30:
+        return ""
+    n = len(samples)
+    mean_t = sum(s["t"] for s in samples) / n
+    mean_r = sum(s["rss_mb"] for s in samples) / n
+    cov = sum((s["t"] - mean_t) * (s["rss_mb"] - mean_r) for s in samples)
+    var = sum((s["t"] - mean_t) ** 2 for s in samples) or 1.0
+    per_minute = cov / var * 60
+    fifth = max(1, len(rows) // 5)
+    first = sorted(r["p99_ms"] for r in rows[:fifth])[fifth // 2]
+    last = sorted(r["p99_ms"] for r in rows[-fifth:])[fifth // 2]
+    return (
+        f"RSS {per_minute:+.2f} MB/min (least squares over {n} samples); per-second p99, median of the first"
+        f" fifth {first:.1f} ms, of the last fifth {last:.1f} ms (drift {last - first:+.1f} ms)"
+    )

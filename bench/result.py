@@ -35,6 +35,7 @@ class Result(msgspec.Struct, kw_only=True):
     client_bound: bool
     errors: list[str] = []
     notes: list[str] = []
+    churn: dict[str, float] = {}
 
     def save(self, directory: Path, stem: str) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,18 @@ class Result(msgspec.Struct, kw_only=True):
 
 
 def load(path: Path) -> Result:
-    return msgspec.json.decode(path.read_bytes(), type=Result)
+    """JSON has no NaN: msgspec writes a missing value (an empty second's p99, say) as null; read it back as NaN."""
+    return msgspec.convert(_null_to_nan(msgspec.json.decode(path.read_bytes())), type=Result)
+
+
+def _null_to_nan(value: Any) -> Any:
+    if value is None:
+        return float("nan")
+    if isinstance(value, dict):
+        return {k: _null_to_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_null_to_nan(v) for v in value]
+    return value
 
 
 def git_commit() -> str:

@@ -65,7 +65,9 @@ def plan_workers(
         sends.setdefault(send.user, []).append((send.room, send.rate))
     checked = {u for members in scenario.rooms for u in members[:CHECKED_PER_ROOM]} | set(sends)
     members = [
-        worker.MemberPlan(u, tokens[u], sends.get(u, []), u in scenario.stalled, u in checked)
+        worker.MemberPlan(
+            u, tokens[u], sends.get(u, []), u in scenario.stalled, u in checked, scenario.churn.get(u, [])
+        )
         for u in range(scenario.users)
     ]
     host, port = target.host_port
@@ -86,6 +88,7 @@ def run(
     workers: int | None = None,
     on_second: Callable[[dict[str, float]], None] | None = None,
     profile_to: Path | None = None,
+    on_tick: Callable[[Any], None] | None = None,
 ) -> Result:
     _, client_cpus = server_cores()
     workers = workers or max(1, len(client_cpus))
@@ -113,6 +116,7 @@ def run(
             started_at=started_at,
             on_second=on_second,
             profile_to=profile_to,
+            on_tick=on_tick,
         )
     finally:
         for proc in procs:
@@ -132,6 +136,7 @@ def _drive(
     started_at: str,
     on_second: Callable[[dict[str, float]], None] | None,
     profile_to: Path | None,
+    on_tick: Callable[[Any], None] | None = None,
 ) -> Result:
     ready = 0
     while ready < len(plans):
@@ -160,7 +165,10 @@ def _drive(
                 on_second(sampler.samples[-1])
             next_sample += 1.0
             continue
-        if kind == "report":
+        if kind == "tick":
+            if on_tick is not None:
+                on_tick(payload)
+        elif kind == "report":
             reports.append(msgspec.msgpack.decode(payload, type=worker.WorkerReport))
         elif kind == "error":
             errors.append(payload)
@@ -213,7 +221,15 @@ def _result(
     seen = {(m, s, r): summary for rep in reports for m, s, r, summary in rep.seen}
     readers = {room: [m for m in members if m not in scenario.stalled] for room, members in enumerate(scenario.rooms)}
     counted = {m: n for rep in reports for m, n in rep.counted}
-    totals = settle(accepted, seen, readers, counted)
+    totals = settle(accepted, seen, readers, counted, lenient=set(scenario.churn))
+    churn: dict[str, float] = {}
+    history = Histogram()
+    for rep in reports:
+        for key, value in rep.churn.items():
+            churn[key] = churn.get(key, 0) + value
+        history.add(Histogram.decode(rep.history_hist))
+    if history.count:
+        churn |= {"history_p50_ms": history.percentile_ms(50), "history_p99_ms": history.percentile_ms(99)}
     delivery, ack = Histogram(), Histogram()
     for rep in reports:
         delivery.add(Histogram.decode(rep.delivery_hist))
@@ -222,7 +238,12 @@ def _result(
     acked = sum(r.acked for r in reports)
     duration = scenario.duration
     client_cpu = [round(100 * r.cpu_seconds / max(r.wall_seconds, 1e-9), 1) for r in reports]
-    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after if k.endswith("_total")}
+    # Counters and histogram sums/counts as changes over the run; gauges (outbox, queue, lag) as final values.
+    delta = {
+        k: after[k] - before.get(k, 0.0) if k.endswith(("_total", "_sum", "_count", '_bucket{le="+Inf"}')) else after[k]
+        for k in after
+        if "_bucket" not in k or k.endswith('_bucket{le="+Inf"}')
+    }
     notes = []
     if any(c > CLIENT_BOUND_CPU for c in client_cpu):
         notes.append(
@@ -270,12 +291,28 @@ def _result(
         ack_latency_ms=ack.summary_ms(),
         timeline=_timeline(reports),
         server_resources=sampler.samples,
-        server_metrics={k.removeprefix("minitalk_"): v for k, v in delta.items()},
+        server_metrics={k.removeprefix("minitalk_"): v for k, v in delta.items()} | _derived(delta),
         client_cpu_percent=client_cpu,
+        churn=churn,
         client_bound=bool(notes and notes[0].startswith("client-bound")),
         errors=[e[:500] for rep in reports for e in rep.errors][:20] + errors,
         notes=notes,
     )
+
+
+def _derived(delta: dict[str, float]) -> dict[str, float]:
+    """Means the report can print without a Prometheus server: batch size, commit latency, loop lag."""
+    out = {}
+    for name, key in (
+        ("mean_batch_size", "minitalk_batch_size"),
+        ("mean_commit_ms", "minitalk_commit_seconds"),
+        ("mean_loop_lag_ms", "minitalk_event_loop_lag"),
+    ):
+        count = delta.get(f"{key}_count", 0.0)
+        if count:
+            scale = 1.0 if name == "mean_batch_size" else 1000.0
+            out[name] = round(delta.get(f"{key}_sum", 0.0) / count * scale, 3)
+    return out
 
 
 def _timeline(reports: list[worker.WorkerReport]) -> list[dict[str, float]]:

@@ -30,6 +30,7 @@ class Scenario(msgspec.Struct, frozen=True):
     duration: float
     padding: int = 60  # extra content characters, so a message is the size of a load-test greeting
     stalled: list[int] = []  # users that connect and then never read (slow-consumer scenario)
+    churn: dict[int, list[int]] = {}  # mixed scenario: user → rooms it reads history of, rejoins, reconnects to
     arithmetic: str = ""  # how the offered load was derived, for the report
 
     @property
@@ -173,8 +174,48 @@ def by_name(
         "multipub": multipub,
         "fanout": fanout,
         "slow-consumer": slow_consumer,
+        "endurance": endurance,
+        "mixed": mixed,
         "smoke": smoke,
     }
     if name not in builders:
         raise KeyError(f"unknown scenario {name!r}; known: {', '.join([*PRESETS, *builders, 'stress'])}")
     return builders[name](**kwargs)
+
+
+def endurance(rate: float = 2970, duration: float = 600) -> Scenario:
+    """A long run at a fixed rate on the quick preset's rooms: memory growth and latency drift."""
+    base = preset("quick", duration)
+    per_pair = rate / len(base.sends)
+    return Scenario(
+        "endurance",
+        f"the quick preset's rooms at a steady {rate:g} msg/s for {duration:g} s: memory"
+        " growth per minute and latency drift",
+        base.users,
+        base.rooms,
+        [Send(s.user, s.room, per_pair) for s in base.sends],
+        duration,
+    )
+
+
+def mixed(rate: float = 1000, churners: int = 5, duration: float = 30) -> Scenario:
+    """Sends, plus members that read history, leave and rejoin, and reconnect and catch up by after_seq."""
+    base = preset("quick", duration)
+    rooms = [list(members) for members in base.rooms]
+    churn: dict[int, list[int]] = {}
+    for i in range(churners):
+        user = base.users + i
+        churn[user] = sorted({i % len(rooms), (i + 3) % len(rooms), (i + 6) % len(rooms)})
+        for room in churn[user]:
+            rooms[room].append(user)
+    per_pair = rate / len(base.sends)
+    return Scenario(
+        "mixed",
+        f"the quick preset's rooms at {rate:g} msg/s, plus {churners} members that every 3 s in"
+        " turn read history, leave and rejoin a room, or reconnect, catching up by after_seq",
+        base.users + churners,
+        rooms,
+        [Send(s.user, s.room, per_pair) for s in base.sends],
+        duration,
+        churn=churn,
+    )

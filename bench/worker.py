@@ -13,11 +13,13 @@ import time
 import traceback
 from typing import Any
 
+import httpx
 import msgspec
 import trio
 
 from bench.accounting import StreamSummary
 from bench.client import Client, Stats
+from bench.wsclient import client_frame
 
 
 class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
@@ -26,6 +28,7 @@ class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
     sends: list[tuple[int, float]]  # (room index, messages per second)
     stalled: bool = False  # connects, then never reads again (the slow-consumer scenario)
     check: bool = True  # False: count deliveries only (see runner.CHECKED_PER_ROOM)
+    churn_rooms: list[int] = []  # mixed scenario: this member reads history, rejoins and reconnects in these
 
 
 class WorkerPlan(msgspec.Struct, frozen=True):
@@ -38,6 +41,7 @@ class WorkerPlan(msgspec.Struct, frozen=True):
     drain: float
     padding: int
     cpus: list[int] = []
+    churn_every: float = 3.0  # mixed scenario: seconds between a churner's actions
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
@@ -56,6 +60,8 @@ class WorkerReport(msgspec.Struct, frozen=True):
     cpu_seconds: float
     wall_seconds: float
     errors: list[str]
+    churn: dict[str, int] = {}
+    history_hist: str = ""
 
 
 def main(plan_bytes: bytes, queue: Any, start_event: Any, start_at: Any) -> None:
@@ -80,9 +86,11 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
     errors: list[str] = []
     async with trio.open_nursery() as nursery:
         for client, member in zip(clients, plan.members, strict=True):
-            if not member.stalled:
+            if member.churn_rooms:
+                nursery.start_soon(_churn, client, member, plan, begin, errors)
+            elif not member.stalled:
                 nursery.start_soon(_receive, client, errors)
-        nursery.start_soon(_ticker, stats, begin)
+        nursery.start_soon(_ticker, stats, begin, queue, plan.worker)
         async with trio.open_nursery() as senders:
             for client, member in zip(clients, plan.members, strict=True):
                 if member.sends:
@@ -118,15 +126,81 @@ async def _receive(client: Client, errors: list[str]) -> None:
         errors.append(f"client {client.index}: connection lost ({exc!r})")
 
 
+async def _churn(client: Client, member: MemberPlan, plan: WorkerPlan, begin: float, errors: list[str]) -> None:
+    """Mixed scenario: in turn, read history, leave and rejoin a room, reconnect; then catch up by after_seq.
+
+    Whatever the churner missed live (while left or disconnected) must come back through history: its trackers
+    are fed from both, each message once by seq, so a gap at the end is a message lost to catch-up.
+    """
+    client.seqs = {}
+    base = f"http://{plan.host}:{plan.port}"
+    headers = {"Authorization": f"Bearer {member.token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+        step = 0
+        while True:
+            async with trio.open_nursery() as connection:
+                connection.start_soon(_receive, client, errors)
+                await trio.sleep_until(_trio_time(begin + (step + 1) * plan.churn_every))
+                room = member.churn_rooms[step % len(member.churn_rooms)]
+                action = step % 3
+                step += 1
+                if action == 0:
+                    await _read_history(http, client, plan.room_ids[room])
+                elif action == 1:
+                    await client.stream.send_all(_event("leave_room", plan.room_ids[room]))
+                    await trio.sleep(0.2)
+                    await client.stream.send_all(_event("join_room", plan.room_ids[room]))
+                    await trio.sleep(0.05)
+                    client.stats.rejoins += 1
+                    await _catch_up(http, client, room, plan.room_ids[room])
+                    continue
+                connection.cancel_scope.cancel()
+            if action == 2:  # reconnect: a new websocket, then catch up every room
+                await client.stream.aclose()
+                fresh = await Client.connect(plan.host, plan.port, member.token, member.index, client.stats)
+                client.stream = fresh.stream
+                client.stats.reconnects += 1
+                for r in member.churn_rooms:
+                    await _catch_up(http, client, r, plan.room_ids[r])
+
+
+def _event(name: str, room_id: str) -> bytes:
+    return client_frame(b"42" + msgspec.json.encode([name, {"roomId": room_id}]))
+
+
+async def _read_history(http: httpx.AsyncClient, client: Client, room_id: str) -> None:
+    started = time.monotonic_ns()
+    r = await http.get(f"/api/chatrooms/{room_id}/messages", params={"limit": 100})
+    r.raise_for_status()
+    client.stats.history_reads += 1
+    client.stats.history_latency.record((time.monotonic_ns() - started) // 1000)
+
+
+async def _catch_up(http: httpx.AsyncClient, client: Client, room: int, room_id: str) -> None:
+    assert client.seqs is not None
+    after = max(client.seqs.get(room, {0}))
+    while True:
+        r = await http.get(f"/api/chatrooms/{room_id}/messages", params={"after_seq": after, "limit": 1000})
+        r.raise_for_status()
+        rows = r.json()
+        client.absorb(r.content, live=False)
+        if len(rows) < 1000:
+            return
+        after = rows[-1]["seq"]
+
+
 def _trio_time(monotonic_at: float) -> float:
     return trio.current_time() + (monotonic_at - time.monotonic())
 
 
-async def _ticker(stats: Stats, begin: float) -> None:
+async def _ticker(stats: Stats, begin: float, queue: Any, worker: int) -> None:
     second = 1
     while True:
         await trio.sleep_until(_trio_time(begin + second))
+        sent, acked, delivered = stats.second
+        p99 = stats.second_latency.percentile_ms(99)
         stats.tick()
+        queue.put(("tick", (worker, second, sent, acked, delivered, p99)))  # for the live view
         second += 1
 
 
@@ -180,4 +254,11 @@ def _report(
         cpu,
         wall,
         errors,
+        {
+            "history_reads": stats.history_reads,
+            "rejoins": stats.rejoins,
+            "reconnects": stats.reconnects,
+            "recovered_from_history": stats.recovered,
+        },
+        stats.history_latency.encode(),
     )

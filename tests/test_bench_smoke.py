@@ -1,0 +1,84 @@
+"""The benchmark instrument end to end: ``python -m bench run smoke`` against a real server it starts, then
+``compare``. Correctness only: counts must add up; no speed is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.compare import compare
+from bench.result import load
+from bench.scenarios import original_offered_rate, preset
+from tests.server_process import ROOT
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    done = bench("run", "smoke", "--duration", "3", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    [result] = out.glob("*-smoke-durable.json")
+    return result
+
+
+def test_smoke_run_counts_add_up(smoke_result: Path) -> None:
+    data = json.loads(smoke_result.read_text())
+    counts = data["counts"]
+    assert counts["sent"] == counts["acked"] == 180  # 3 senders x 20 msg/s x 3 s, every one acked
+    assert counts["expected_deliveries"] == 480  # room 0 has 3 members (2 senders), room 1 has 2 (1 sender)
+    assert counts["delivered"] == counts["expected_deliveries"]
+    assert counts["lost"] == counts["duplicated"] == counts["out_of_order"] == counts["rejected"] == 0
+    assert data["schema"] == 1 and data["server"]["delivery_mode"] == "durable"
+    assert data["machine"]["cores"] >= 1 and data["git_commit"]
+    assert data["delivery_latency_ms"]["p50"] > 0 and data["timeline"]
+    assert data["server_resources"], "the server's CPU and RSS were sampled"
+    assert data["server_metrics"]["messages_accepted_total"] == 180
+
+
+def test_smoke_run_writes_a_report_with_plots(smoke_result: Path) -> None:
+    report = smoke_result.with_suffix(".md").read_text()
+    assert "| lost | 0 |" in report and "| delivered | 480 |" in report
+    images = list((smoke_result.parent / "img").glob("*.png"))
+    assert len(images) == 4
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in images)
+
+
+def test_compare_flags_a_doctored_regression(smoke_result: Path, tmp_path: Path) -> None:
+    same = bench("compare", str(smoke_result), str(smoke_result))
+    assert same.returncode == 0, same.stdout
+    doctored = json.loads(smoke_result.read_text())
+    doctored["throughput"]["deliveries_per_s"] *= 0.5
+    doctored["counts"]["lost"] = 3
+    worse = tmp_path / "worse.json"
+    worse.write_text(json.dumps(doctored))
+    result = bench("compare", str(smoke_result), str(worse))
+    assert result.returncode == 1
+    assert "deliveries/s" in result.stdout and "REGRESSED" in result.stdout
+    _, regressed = compare(load(smoke_result), load(worse))
+    assert set(regressed) == {"deliveries/s", "lost"}
+
+
+def test_compare_tolerates_noise_below_the_threshold(smoke_result: Path) -> None:
+    old = load(smoke_result)
+    new = load(smoke_result)
+    new.throughput["deliveries_per_s"] *= 0.95  # 5% slower: inside the 10% noise threshold
+    assert compare(old, new)[1] == []
+    assert compare(old, new, threshold=0.01)[1] == ["deliveries/s"]
+
+
+def test_quick_preset_offers_what_the_original_really_offers() -> None:
+    offered, arithmetic = original_offered_rate(30, 1000)
+    assert offered == 2970 and "30 x 3 x 33" in arithmetic
+    quick = preset("quick")
+    assert round(quick.offered_rate) == 2970 and quick.duration == 30 and quick.users == 30
+    assert all(3 <= len(members) <= 9 for members in quick.rooms)  # 3-8 picked, plus the shared creator
