@@ -19,6 +19,13 @@ from bench.result import Result, load
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="The minitalk-trio benchmark instrument.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -26,10 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "scenario",
         help="tiny, light, quick, medium, strong, extreme, mega, single, multipub,"
-        " fanout, slow-consumer, smoke, stress",
+        " fanout, slow-consumer, mixed, endurance, smoke, stress",
     )
     run.add_argument("--duration", type=float, help="seconds of load (each scenario has a default)")
-    run.add_argument("--rate", type=float, help="messages/s, for single, multipub, fanout, slow-consumer")
+    run.add_argument("--rate", type=float, help="messages/s (every scenario but the presets and smoke)")
     run.add_argument("--members", type=int, help="room size, for fanout and slow-consumer")
     run.add_argument("--mode", choices=["durable", "fast"], default="durable", help="our server's delivery mode")
     run.add_argument("--url", help="benchmark a running server at this loopback URL instead of starting one")
@@ -39,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="record the server with py-spy; flame graph beside the report"
     )
     run.add_argument("--out", type=Path, default=RESULTS, help="where results and reports go")
+    run.add_argument(
+        "--polling-share",
+        type=_share,
+        default=0.0,
+        help="fraction of the members (0-1) that use Engine.IO long-polling instead of websocket (default 0)",
+    )
     run.add_argument("--no-live", action="store_true", help="no live table on stderr while running")
     cmp = sub.add_parser("compare", help="compare two results; exit 1 if NEW regressed past the threshold")
     cmp.add_argument("old", type=Path)
@@ -56,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--duration", type=float)
     peers.add_argument("--rate", type=float)
     peers.add_argument("--members", type=int)
+    peers.add_argument(
+        "--polling-share",
+        type=_share,
+        default=0.0,
+        help="fraction of the members (0-1) that use Engine.IO long-polling instead of websocket (default 0)",
+    )
     peers.add_argument("--stress", action="store_true", help="also ramp each target to its max sustainable rate")
     peers.add_argument("--p99-bound", type=float, default=100.0)
     peers.add_argument("--start-rate", type=float, default=500.0)
@@ -70,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command in ("run", "peers") and args.scenario not in scenarios.names():
+        parser.error(f"unknown scenario {args.scenario!r}; known: {', '.join(scenarios.names())}")
     if args.command == "compare":
         table, regressed = compare_mod.compare(load(args.old), load(args.new), args.threshold)
         print(table)
@@ -79,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "list":
-        for name in [*scenarios.PRESETS, "single", "multipub", "fanout", "slow-consumer", "smoke"]:
+        for name in scenarios.names():
             print(name)
         return 0
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -87,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_peers(args, command)
     if args.scenario == "stress":
         return run_stress(args, command)
-    scenario = scenarios.by_name(args.scenario, duration=args.duration, rate=args.rate, members=args.members)
+    scenario = scenarios.by_name(
+        args.scenario,
+        duration=args.duration,
+        rate=args.rate,
+        members=args.members,
+        polling_share=args.polling_share,
+    )
     server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     stem = f"{stamp}-{scenario.name}-{args.mode if not args.url else 'external'}"
@@ -170,7 +198,13 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
             continue
         print(f"== {server.name}", flush=True)
         try:
-            scenario = scenarios.by_name(args.scenario, duration=args.duration, rate=args.rate, members=args.members)
+            scenario = scenarios.by_name(
+                args.scenario,
+                duration=args.duration,
+                rate=args.rate,
+                members=args.members,
+                polling_share=args.polling_share,
+            )
             results.append(runner.run(scenario, server))
             if args.stress:
                 ramps.append(

@@ -19,6 +19,7 @@ import trio
 
 from bench.accounting import StreamTracker
 from bench.histogram import Histogram
+from bench.polling import PollingStream
 from bench.wsclient import PING_FRAME, PONG, client_frame
 
 _encode = msgspec.json.Encoder().encode
@@ -35,7 +36,7 @@ _TAIL = 512  # longest partial header or ack we may need to re-scan with the nex
 class Client:
     """One connected user. Senders call ``send``; ``receive_loop`` runs for the whole run."""
 
-    def __init__(self, stream: trio.SocketStream, index: int, stats: Stats, *, check: bool = True) -> None:
+    def __init__(self, stream: trio.abc.Stream, index: int, stats: Stats, *, check: bool = True) -> None:
         self.stream = stream
         self.index = index
         self.stats = stats
@@ -50,7 +51,11 @@ class Client:
         self._tail = b""
 
     @classmethod
-    async def connect(cls, host: str, port: int, token: str, index: int, stats: Stats, *, check: bool = True) -> Client:
+    async def connect(
+        cls, host: str, port: int, token: str, index: int, stats: Stats, *, check: bool = True, polling: bool = False
+    ) -> Client:
+        if polling:
+            return cls(await PollingStream.connect(host, port, token), index, stats, check=check)
         stream = await trio.open_tcp_stream(host, port)
         key = base64.b64encode(os.urandom(16))
         await stream.send_all(
@@ -121,6 +126,11 @@ class Client:
             tail = buf[max(end, len(buf) - _TAIL) :]
             if PING_FRAME in data:
                 await self.stream.send_all(PONG)
+
+    def last_seq(self, room: int) -> int:
+        """The newest seq this churner has of ``room`` (0 if none): where a catch-up starts."""
+        assert self.seqs is not None
+        return max(self.seqs.get(room) or (0,))
 
     def absorb(self, data: bytes, *, live: bool) -> int:
         """Feed messages (a websocket chunk or a history page) into the trackers; returns where parsing ended."""

@@ -1,4 +1,4 @@
-"""The live view (rich): offered and acked rate, deliveries, p99, deliveries outstanding, server CPU, per second."""
+"""The live view (rich): per second, sent and acked rate, deliveries, p99, deliveries outstanding, server CPU."""
 
 from __future__ import annotations
 
@@ -12,14 +12,27 @@ from rich.table import Table
 from bench.scenarios import Scenario
 
 
+class _Second:
+    __slots__ = ("acked", "cpu", "delivered", "outstanding", "p99", "sent")
+
+    def __init__(self) -> None:
+        self.sent = self.acked = self.delivered = 0
+        self.p99 = float("nan")
+        self.outstanding = 0.0
+        self.cpu = float("nan")
+
+
 class LiveView:
-    """Fed by the runner: worker ticks (per worker, per second) and server samples."""
+    """Fed by the runner: worker ticks (per worker, per second) and server samples (once a second).
+
+    "outstanding" is deliveries owed (acked messages x the scenario's mean fan-out) minus deliveries seen so far:
+    it stays near one second's worth while the server keeps up, grows when it falls behind, and whatever is still
+    there after the drain is loss, which the final accounting then counts exactly.
+    """
 
     def __init__(self, scenario: Scenario, target_name: str) -> None:
-        self._scenario = scenario
         self._title = f"{scenario.name} on {target_name}"
-        self._seconds: dict[int, list[float]] = {}  # second → [sent, acked, delivered, worst p99]
-        self._cpu = float("nan")
+        self._seconds: dict[int, _Second] = {}
         self._owed = 0.0
         self._delivered = 0
         self._fanout = scenario.expected_deliveries_per_s / scenario.offered_rate if scenario.offered_rate else 0.0
@@ -34,34 +47,35 @@ class LiveView:
 
     def tick(self, payload: Any) -> None:
         _, second, sent, acked, delivered, p99 = payload
-        row = self._seconds.setdefault(second, [0, 0, 0, 0.0])
-        row[0] += sent
-        row[1] += acked
-        row[2] += delivered
+        row = self._seconds.setdefault(second, _Second())
+        row.sent += sent
+        row.acked += acked
+        row.delivered += delivered
         if not math.isnan(p99):
-            row[3] = max(row[3], p99)
+            row.p99 = p99 if math.isnan(row.p99) else max(row.p99, p99)
         self._owed += acked * self._fanout
         self._delivered += delivered
+        row.outstanding = max(0.0, self._owed - self._delivered)
         self._live.update(self._table())
 
     def server_sample(self, sample: dict[str, float]) -> None:
-        self._cpu = sample["cpu_percent"]
+        second = max(1, math.ceil(sample["t"]))
+        self._seconds.setdefault(second, _Second()).cpu = sample["cpu_percent"]
         self._live.update(self._table())
 
     def _table(self) -> Table:
         table = Table(title=self._title)
         for column in ("second", "sent/s", "acked/s", "deliveries/s", "p99 ms", "outstanding", "server CPU %"):
             table.add_column(column, justify="right")
-        outstanding = max(0.0, self._owed - self._delivered)  # in flight now; what never arrives stays here
         for second in sorted(self._seconds)[-10:]:
-            sent, acked, delivered, p99 = self._seconds[second]
+            row = self._seconds[second]
             table.add_row(
                 str(second),
-                f"{sent:,.0f}",
-                f"{acked:,.0f}",
-                f"{delivered:,.0f}",
-                f"{p99:,.1f}",
-                f"{outstanding:,.0f}",
-                f"{self._cpu:,.0f}",
+                f"{row.sent:,}",
+                f"{row.acked:,}",
+                f"{row.delivered:,}",
+                "-" if math.isnan(row.p99) else f"{row.p99:,.1f}",
+                f"{row.outstanding:,.0f}",
+                "-" if math.isnan(row.cpu) else f"{row.cpu:,.0f}",
             )
         return table

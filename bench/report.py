@@ -117,6 +117,14 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
                 f"\n- **{r.server['name']}** churners: "
                 + ", ".join(f"{k.replace('_', ' ')} {v:,.1f}" for k, v in r.churn.items())
             )
+        stalled = int(r.parameters.get("stalled_members", 0))
+        if stalled:
+            lines.append(
+                f"\n- **{r.server['name']}** slow consumers: {stalled} members stopped reading and are left out of"
+                f" the expected deliveries; the rest of the room got {r.counts['delivered']:,} of"
+                f" {r.counts['expected_deliveries']:,} ({r.counts['lost']:,} lost), delivery p99"
+                f" {_fmt(r.delivery_latency_ms.get('p99', float('nan')))} ms"
+            )
         for key in ("mean_batch_size", "mean_commit_ms", "mean_loop_lag_ms", "slow_consumer_disconnects_total"):
             if key in r.server_metrics:
                 lines.append(f"\n- {r.server['name']} {key.replace('_', ' ')}: {r.server_metrics[key]:,.2f}")

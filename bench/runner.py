@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import queue as queue_module
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -64,9 +66,16 @@ def plan_workers(
     for send in scenario.sends:
         sends.setdefault(send.user, []).append((send.room, send.rate))
     checked = {u for members in scenario.rooms for u in members[:CHECKED_PER_ROOM]} | set(sends)
+    polling = scenario.polling_members()
     members = [
         worker.MemberPlan(
-            u, tokens[u], sends.get(u, []), u in scenario.stalled, u in checked, scenario.churn.get(u, [])
+            u,
+            tokens[u],
+            sends.get(u, []),
+            u in scenario.stalled,
+            u in checked,
+            scenario.churn.get(u, []),
+            u in polling,
         )
         for u in range(scenario.users)
     ]
@@ -154,16 +163,19 @@ def _drive(
     errors: list[str] = []
     next_sample = begin
     while len(reports) + len(errors) < len(plans):
-        try:
-            kind, payload = results.get(timeout=max(0.05, next_sample - time.monotonic()))
-        except queue_module.Empty:
-            t = time.monotonic() - begin
+        now = time.monotonic()
+        if now >= next_sample:  # sample on the second, whether or not workers are talking
+            t = now - begin
             if t > scenario.duration + DRAIN_S + 120:
-                raise RunError("workers did not report in time") from None
+                raise RunError("workers did not report in time")
             sampler.sample(t)
             if on_second is not None and sampler.samples:
                 on_second(sampler.samples[-1])
             next_sample += 1.0
+            continue
+        try:
+            kind, payload = results.get(timeout=next_sample - now)
+        except queue_module.Empty:
             continue
         if kind == "tick":
             if on_tick is not None:
@@ -172,10 +184,9 @@ def _drive(
             reports.append(msgspec.msgpack.decode(payload, type=worker.WorkerReport))
         elif kind == "error":
             errors.append(payload)
-    if profiler is not None:
-        profiler.wait(timeout=scenario.duration + 60)
+    profile_note = _finish_profiler(profiler, profile_to, scenario.duration)
     metrics_after = sampler.scrape()
-    return _result(
+    result = _result(
         scenario,
         target,
         reports,
@@ -185,6 +196,9 @@ def _drive(
         after=metrics_after,
         started_at=started_at,
     )
+    if profile_note is not None:
+        result.notes.append(profile_note)
+    return result
 
 
 def _get(results: Any, timeout: float) -> tuple[str, Any]:
@@ -198,12 +212,32 @@ def _get(results: Any, timeout: float) -> tuple[str, Any]:
 def _start_profiler(target: Target, duration: float, out: Path | None) -> subprocess.Popen[bytes] | None:
     if out is None or target.pid is None:
         return None
+    py_spy = py_spy_path()
+    if py_spy is None:
+        raise RunError("--profile needs py-spy: pip install py-spy (it is in the bench extra)")
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        ["py-spy", "record", "-p", str(target.pid), "-d", str(int(duration)), "-o", str(out), "--nonblocking"],
+        [py_spy, "record", "-p", str(target.pid), "-d", str(int(duration)), "-o", str(out), "--nonblocking"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=out.with_suffix(".log").open("wb"),
     )
+
+
+def _finish_profiler(profiler: subprocess.Popen[bytes] | None, out: Path | None, duration: float) -> str | None:
+    """Wait for py-spy to write its flame graph; the report's note on where it is, or why there is none."""
+    if profiler is None or out is None:
+        return None
+    profiler.wait(timeout=duration + 60)
+    if out.exists():
+        return f"py-spy flame graph of the server: [{out.name}]({out.name})"
+    log = out.with_suffix(".log").read_text(errors="replace").strip()[-300:]
+    return f"py-spy produced no flame graph: {log or 'no output'}"
+
+
+def py_spy_path() -> str | None:
+    """py-spy beside this interpreter (a venv not on PATH), else on PATH."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
 def _result(
@@ -228,7 +262,9 @@ def _result(
         for key, value in rep.churn.items():
             churn[key] = churn.get(key, 0) + value
         history.add(Histogram.decode(rep.history_hist))
-    if history.count:
+    if not scenario.churn:
+        churn = {}
+    elif history.count:
         churn |= {"history_p50_ms": history.percentile_ms(50), "history_p99_ms": history.percentile_ms(99)}
     delivery, ack = Histogram(), Histogram()
     for rep in reports:
@@ -263,6 +299,7 @@ def _result(
             "expected_deliveries_per_s": round(scenario.expected_deliveries_per_s, 2),
             "padding_chars": scenario.padding,
             "stalled_members": len(scenario.stalled),
+            "polling_members": len(scenario.polling_members()),
             "workers": len(reports),
             "arithmetic": scenario.arithmetic,
         },

@@ -32,6 +32,15 @@ class Scenario(msgspec.Struct, frozen=True):
     stalled: list[int] = []  # users that connect and then never read (slow-consumer scenario)
     churn: dict[int, list[int]] = {}  # mixed scenario: user → rooms it reads history of, rejoins, reconnects to
     arithmetic: str = ""  # how the offered load was derived, for the report
+    # This fraction of the members (never stalled ones or churners) use Engine.IO long-polling, as clients
+    # behind proxies that block websockets do; the rest use websocket.
+    polling_share: float = 0.0
+
+    def polling_members(self) -> set[int]:
+        """Every member where the running share crosses a whole number: spread evenly over the users."""
+        share = self.polling_share
+        skip = set(self.stalled) | set(self.churn)
+        return {u for u in range(self.users) if int((u + 1) * share) > int(u * share) and u not in skip}
 
     @property
     def offered_rate(self) -> float:
@@ -158,8 +167,18 @@ def smoke(duration: float = 3) -> Scenario:
 
 
 def by_name(
-    name: str, *, duration: float | None = None, rate: float | None = None, members: int | None = None
+    name: str,
+    *,
+    duration: float | None = None,
+    rate: float | None = None,
+    members: int | None = None,
+    polling_share: float = 0.0,
 ) -> Scenario:
+    scenario = _build(name, duration=duration, rate=rate, members=members)
+    return msgspec.structs.replace(scenario, polling_share=polling_share) if polling_share else scenario
+
+
+def _build(name: str, *, duration: float | None, rate: float | None, members: int | None) -> Scenario:
     if name in PRESETS:
         return preset(name, duration)
     kwargs: dict[str, float] = {}
@@ -169,18 +188,13 @@ def by_name(
         kwargs["rate"] = rate
     if members is not None and name in ("fanout", "slow-consumer"):
         kwargs["members"] = members
-    builders: dict[str, Callable[..., Scenario]] = {
-        "single": single,
-        "multipub": multipub,
-        "fanout": fanout,
-        "slow-consumer": slow_consumer,
-        "endurance": endurance,
-        "mixed": mixed,
-        "smoke": smoke,
-    }
-    if name not in builders:
-        raise KeyError(f"unknown scenario {name!r}; known: {', '.join([*PRESETS, *builders, 'stress'])}")
-    return builders[name](**kwargs)
+    if name not in BUILDERS:
+        raise KeyError(f"unknown scenario {name!r}; known: {', '.join(names())}")
+    return BUILDERS[name](**kwargs)
+
+
+def names() -> list[str]:
+    return [*PRESETS, *BUILDERS, "stress"]
 
 
 def endurance(rate: float = 2970, duration: float = 600) -> Scenario:
@@ -219,3 +233,14 @@ def mixed(rate: float = 1000, churners: int = 5, duration: float = 30) -> Scenar
         duration,
         churn=churn,
     )
+
+
+BUILDERS: dict[str, Callable[..., Scenario]] = {
+    "single": single,
+    "multipub": multipub,
+    "fanout": fanout,
+    "slow-consumer": slow_consumer,
+    "mixed": mixed,
+    "endurance": endurance,
+    "smoke": smoke,
+}

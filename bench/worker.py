@@ -29,6 +29,7 @@ class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
     stalled: bool = False  # connects, then never reads again (the slow-consumer scenario)
     check: bool = True  # False: count deliveries only (see runner.CHECKED_PER_ROOM)
     churn_rooms: list[int] = []  # mixed scenario: this member reads history, rejoins and reconnects in these
+    polling: bool = False  # Engine.IO long-polling instead of websocket
 
 
 class WorkerPlan(msgspec.Struct, frozen=True):
@@ -110,7 +111,7 @@ async def _connect_all(plan: WorkerPlan, stats: Stats) -> list[Client]:
         async with limiter:
             member = plan.members[i]
             clients[i] = await Client.connect(
-                plan.host, plan.port, member.token, member.index, stats, check=member.check
+                plan.host, plan.port, member.token, member.index, stats, check=member.check, polling=member.polling
             )
 
     async with trio.open_nursery() as nursery:
@@ -130,38 +131,48 @@ async def _churn(client: Client, member: MemberPlan, plan: WorkerPlan, begin: fl
     """Mixed scenario: in turn, read history, leave and rejoin a room, reconnect; then catch up by after_seq.
 
     Whatever the churner missed live (while left or disconnected) must come back through history: its trackers
-    are fed from both, each message once by seq, so a gap at the end is a message lost to catch-up.
+    are fed from both, each message once by seq, so a gap at the end is a message lost to catch-up. Catch-up
+    starts from the last seq seen *before* leaving or disconnecting (live messages that arrive after the rejoin
+    are past the gap). Actions stop a second before the load does, so none is cut off half-way by the end.
     """
     client.seqs = {}
     base = f"http://{plan.host}:{plan.port}"
     headers = {"Authorization": f"Bearer {member.token}"}
+    last_action_at = begin + plan.duration - 1
+    step = 0
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
-        step = 0
         while True:
             async with trio.open_nursery() as connection:
                 connection.start_soon(_receive, client, errors)
-                await trio.sleep_until(_trio_time(begin + (step + 1) * plan.churn_every))
-                room = member.churn_rooms[step % len(member.churn_rooms)]
-                action = step % 3
-                step += 1
-                if action == 0:
-                    await _read_history(http, client, plan.room_ids[room])
-                elif action == 1:
-                    await client.stream.send_all(_event("leave_room", plan.room_ids[room]))
-                    await trio.sleep(0.2)
-                    await client.stream.send_all(_event("join_room", plan.room_ids[room]))
-                    await trio.sleep(0.05)
-                    client.stats.rejoins += 1
-                    await _catch_up(http, client, room, plan.room_ids[room])
-                    continue
+                while True:
+                    at = begin + (step + 1) * plan.churn_every
+                    if at > last_action_at:
+                        await trio.sleep_forever()
+                    await trio.sleep_until(_trio_time(at))
+                    room = member.churn_rooms[step % len(member.churn_rooms)]
+                    action = step % 3
+                    step += 1
+                    if action == 0:
+                        await _read_history(http, client, plan.room_ids[room])
+                    elif action == 1:
+                        mark = client.last_seq(room)
+                        await client.stream.send_all(_event("leave_room", plan.room_ids[room]))
+                        await trio.sleep(0.2)
+                        await client.stream.send_all(_event("join_room", plan.room_ids[room]))
+                        await trio.sleep(0.05)
+                        client.stats.rejoins += 1
+                        await _catch_up(http, client, room, plan.room_ids[room], mark)
+                    else:
+                        break
                 connection.cancel_scope.cancel()
-            if action == 2:  # reconnect: a new websocket, then catch up every room
-                await client.stream.aclose()
-                fresh = await Client.connect(plan.host, plan.port, member.token, member.index, client.stats)
-                client.stream = fresh.stream
-                client.stats.reconnects += 1
-                for r in member.churn_rooms:
-                    await _catch_up(http, client, r, plan.room_ids[r])
+            # Reconnect: a new websocket (auto-joins every room at CONNECT), then catch up each room.
+            marks = {r: client.last_seq(r) for r in member.churn_rooms}
+            await client.stream.aclose()
+            fresh = await Client.connect(plan.host, plan.port, member.token, member.index, client.stats)
+            client.stream = fresh.stream
+            client.stats.reconnects += 1
+            for r, mark in marks.items():
+                await _catch_up(http, client, r, plan.room_ids[r], mark)
 
 
 def _event(name: str, room_id: str) -> bytes:
@@ -176,9 +187,7 @@ async def _read_history(http: httpx.AsyncClient, client: Client, room_id: str) -
     client.stats.history_latency.record((time.monotonic_ns() - started) // 1000)
 
 
-async def _catch_up(http: httpx.AsyncClient, client: Client, room: int, room_id: str) -> None:
-    assert client.seqs is not None
-    after = max(client.seqs.get(room, {0}))
+async def _catch_up(http: httpx.AsyncClient, client: Client, room: int, room_id: str, after: int) -> None:
     while True:
         r = await http.get(f"/api/chatrooms/{room_id}/messages", params={"after_seq": after, "limit": 1000})
         r.raise_for_status()

@@ -25,7 +25,8 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def smoke_result(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    done = bench("run", "smoke", "--duration", "3", "--out", str(out))
+    # user 2 of 3 polls (share 0.4 crosses a whole number at the third user): both transports are measured
+    done = bench("run", "smoke", "--duration", "3", "--polling-share", "0.4", "--no-live", "--out", str(out))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     [result] = out.glob("*-smoke-durable.json")
     return result
@@ -43,6 +44,7 @@ def test_smoke_run_counts_add_up(smoke_result: Path) -> None:
     assert data["delivery_latency_ms"]["p50"] > 0 and data["timeline"]
     assert data["server_resources"], "the server's CPU and RSS were sampled"
     assert data["server_metrics"]["messages_accepted_total"] == 180
+    assert data["parameters"]["polling_members"] == 1
 
 
 def test_smoke_run_writes_a_report_with_plots(smoke_result: Path) -> None:
@@ -82,3 +84,17 @@ def test_quick_preset_offers_what_the_original_really_offers() -> None:
     quick = preset("quick")
     assert round(quick.offered_rate) == 2970 and quick.duration == 30 and quick.users == 30
     assert all(3 <= len(members) <= 9 for members in quick.rooms)  # 3-8 picked, plus the shared creator
+
+
+def test_mixed_run_recovers_what_churners_missed(tmp_path: Path) -> None:
+    """Members that leave and rejoin, and reconnect, get what they missed back from history by after_seq."""
+    done = bench("run", "mixed", "--duration", "10", "--rate", "200", "--no-live", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    [path] = tmp_path.glob("*-mixed-durable.json")
+    data = json.loads(path.read_text())
+    counts = data["counts"]
+    assert counts["sent"] == counts["acked"] > 1500  # 200 msg/s x 10 s, floored per sender stream
+    assert counts["delivered"] == counts["expected_deliveries"] > 0
+    assert counts["lost"] == counts["duplicated"] == counts["out_of_order"] == 0
+    churn = data["churn"]  # 5 churners, actions at 3, 6 and 9 s: history read, leave+rejoin, reconnect
+    assert churn["history_reads"] >= 5 and churn["rejoins"] == 5 and churn["reconnects"] == 5
