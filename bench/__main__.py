@@ -7,6 +7,7 @@ import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -63,7 +64,16 @@ def _parser() -> argparse.ArgumentParser:
         help="noise threshold as a fraction (default 0.10: run-to-run variation on this machine)",
     )
     run.add_argument("--p99-bound", type=float, default=100.0, help="stress: delivery p99 bound in ms (default 100)")
-    run.add_argument("--start-rate", type=float, default=1000.0, help="stress: first step in msg/s (default 1000)")
+    run.add_argument(
+        "--start-rate",
+        type=float,
+        help=f"stress: first step in msg/s (default: {stress.START_DELIVERIES_PER_S:,.0f} deliveries/s worth)",
+    )
+    run.add_argument(
+        "--shape",
+        default="quick",
+        help="stress: the scenario whose rooms and senders the ramp scales (default quick; fanout for delivery)",
+    )
     peers = sub.add_parser("peers", help="the same scenario against ours (durable, fast) and the reference peers")
     peers.add_argument("scenario", help="a scenario name as for run (the stress ramp runs with --stress)")
     peers.add_argument("--duration", type=float)
@@ -77,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     peers.add_argument("--stress", action="store_true", help="also ramp each target to its max sustainable rate")
     peers.add_argument("--p99-bound", type=float, default=100.0)
-    peers.add_argument("--start-rate", type=float, default=500.0)
+    peers.add_argument("--start-rate", type=float, help="stress: first step in msg/s (default as for run)")
     peers.add_argument(
         "--only",
         nargs="*",
@@ -93,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("run", "peers") and args.scenario not in scenarios.names():
         parser.error(f"unknown scenario {args.scenario!r}; known: {', '.join(scenarios.names())}")
+    if args.command == "peers" and args.scenario == "stress":
+        parser.error("peers ramps the scenario it runs: use --stress (e.g. peers fanout --stress)")
+    if args.command == "run" and args.shape not in scenarios.names()[:-1]:
+        parser.error(f"unknown --shape {args.shape!r}; known: {', '.join(scenarios.names()[:-1])}")
     if args.command == "compare":
         table, regressed = compare_mod.compare(load(args.old), load(args.new), args.threshold)
         print(table)
@@ -151,15 +165,22 @@ def start_target(name: str) -> target.Target:
 def run_stress(args: argparse.Namespace, command: str) -> int:
     server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
     try:
-        ramp = stress.ramp(server, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step)
+        base = scenarios.by_name(args.shape, members=args.members, polling_share=args.polling_share)
+        ramp = stress.ramp(server, base, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step)
     finally:
         server.stop()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     path = args.out / f"{stamp}-stress-{args.mode}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(ramp), indent=2))
-    print(stress_table([ramp]))
-    print(f"\nresults: {path}")
+    image = report.stress_plot([ramp], args.out / "img" / f"{stamp}-stress-{args.mode}.png")
+    md = path.with_suffix(".md")
+    md.write_text(
+        f"# Stress ramp\n\nCommand: `{command}`\n\n{stress_table([ramp])}\n\n{steps_table([ramp])}\n\n"
+        f"![stress ramp]({image.relative_to(args.out)})\n"
+    )
+    print(md.read_text())
+    print(f"\nresults: {path}, report: {md}")
     return 0
 
 
@@ -171,23 +192,40 @@ def _print_step(step: dict[str, object]) -> None:
     )
 
 
-def stress_table(ramps: list[dict[str, object]]) -> str:
+def stress_table(ramps: list[dict[str, Any]]) -> str:
     lines = [
-        "| target | max sustainable msgs/s | deliveries/s | p99 at max (ms) | limited by |",
-        "|---|---|---|---|---|",
+        "| target | shape | max sustainable msgs/s | deliveries/s | p99 at max (ms) | next step failed on |",
+        "|---|---|---|---|---|---|",
     ]
     for r in ramps:
         lines.append(
-            f"| {r['target']} | {r['max_sustainable_msgs_per_s']:,.0f} | {r['max_sustainable_deliveries_per_s']:,.0f}"
-            f" | {r['p99_at_max_ms']:,.1f} | {r['limited_by']} |"
+            f"| {r['target']} | {r.get('shape', 'quick')} | {r['max_sustainable_msgs_per_s']:,.0f}"
+            f" | {r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f} | {r['limited_by']} |"
         )
+    return "\n".join(lines)
+
+
+def steps_table(ramps: list[dict[str, Any]]) -> str:
+    """Every step of every ramp: what was offered, what came back, and the verdict."""
+    lines = [
+        "| target | offered msgs/s | acked msgs/s | deliveries/s | p50 ms | p99 ms | lost | server CPU % (max)"
+        " | client CPU % (max) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ramps:
+        for s in r["steps"]:
+            lines.append(
+                f"| {r['target']} | {s['rate']:,} | {s['acked_msgs_per_s']:,.0f} | {s['deliveries_per_s']:,.0f}"
+                f" | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,} | {s['server_cpu_percent']:,.0f}"
+                f" | {s['client_cpu_percent']:,.0f} | {s['why']} |"
+            )
     return "\n".join(lines)
 
 
 def run_peers(args: argparse.Namespace, command: str) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     results: list[Result] = []
-    ramps: list[dict[str, object]] = []
+    ramps: list[dict[str, Any]] = []
     skipped: list[str] = []
     for name in args.only or TARGETS:
         try:
@@ -208,7 +246,9 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
             results.append(runner.run(scenario, server))
             if args.stress:
                 ramps.append(
-                    stress.ramp(server, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step)
+                    stress.ramp(
+                        server, scenario, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step
+                    )
                 )
         finally:
             server.stop()
@@ -216,7 +256,19 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
     md = write(results, args.out, stem, command)
     extra = ["", "## Ratios (ours / peer)", "", ratio_table(results, ramps)]
     if ramps:
-        extra += ["", "## Stress ramp: maximum sustainable rate", "", stress_table(ramps)]
+        image = report.stress_plot(ramps, args.out / "img" / f"{stem}-stress.png")
+        extra += [
+            "",
+            "## Stress ramp: maximum sustainable rate",
+            "",
+            stress_table(ramps),
+            "",
+            f"![stress ramp]({image.relative_to(args.out)})",
+            "",
+            "### Every step",
+            "",
+            steps_table(ramps),
+        ]
         (args.out / f"{stem}-stress.json").write_bytes(msgspec.json.format(msgspec.json.encode(ramps), indent=2))
     extra += [f"\n- {s}" for s in skipped]
     md.write_text(md.read_text() + "\n".join(extra) + "\n")
@@ -224,7 +276,7 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def ratio_table(results: list[Result], ramps: list[dict[str, object]]) -> str:
+def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:
     ours = [r for r in results if r.server["name"].startswith("minitalk-trio")]
     peers = [r for r in results if not r.server["name"].startswith("minitalk-trio")]
     by_name = {str(r["target"]): r for r in ramps}
@@ -246,10 +298,10 @@ def ratio_table(results: list[Result], ramps: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def _ratio(ours: dict[str, object] | None, peer: dict[str, object] | None, key: str) -> str:
+def _ratio(ours: dict[str, Any] | None, peer: dict[str, Any] | None, key: str) -> str:
     if not ours or not peer:
         return "(run with --stress)"
-    a, b = float(ours[key]), float(peer[key])  # type: ignore[arg-type]
+    a, b = float(ours[key]), float(peer[key])
     return f"{a / b:,.1f}x" if b else "∞ (peer sustained none)"
 
 

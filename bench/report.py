@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -73,6 +74,31 @@ def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def stress_plot(ramps: list[dict[str, Any]], path: Path) -> Path:
+    """Per target: deliveries/s achieved and delivery p99 against the offered rate, one point per ramp step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for ramp in ramps:
+        rates = [s["rate"] for s in ramp["steps"]]
+        line = left.plot(rates, [s["deliveries_per_s"] for s in ramp["steps"]], marker="o", label=ramp["target"])
+        right.plot(rates, [s["p99_ms"] for s in ramp["steps"]], marker="o", color=line[0].get_color())
+        failed = [s for s in ramp["steps"] if not s["ok"]]
+        right.plot([s["rate"] for s in failed], [s["p99_ms"] for s in failed], "x", color="red", markersize=10)
+    bound = ramps[0]["p99_bound_ms"] if ramps else 100
+    right.axhline(bound, color="grey", linestyle="--", linewidth=1)
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_xlabel("offered msgs/s")
+    left.set_yscale("log")
+    left.set_ylabel("deliveries/s achieved")
+    right.set_yscale("log")
+    right.set_ylabel(f"delivery p99 ms (bound {bound:g}, x = failed step)")
+    left.legend(fontsize=8)
+    shape = ramps[0].get("shape", "") if ramps else ""
+    fig.suptitle(f"stress ramp ({shape} shape)")
+    return _save(fig, path)
 
 
 def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: Path, command: str) -> str:

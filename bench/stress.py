@@ -1,6 +1,8 @@
 """The stress ramp: raise the offered rate step by step until delivery p99 passes a bound or anything is lost.
 
-Each step is a complete run on the same server (fresh users, same room layout). The maximum sustainable rate is
+The ramp keeps a scenario's shape (the quick preset's 10 small rooms stress ingest; the 1000-member fan-out
+stresses delivery) and scales its rate. Each step is a complete run on the same server (fresh users, same
+room layout). The maximum sustainable rate is
 the last step where nothing was lost or duplicated, the server kept up (acked ≥ 97% of offered), and delivery
 p99 stayed within the bound. A client-bound step ends the ramp too: past it the numbers would describe the client.
 """
@@ -14,23 +16,32 @@ import msgspec
 
 from bench import runner
 from bench.result import Result
-from bench.scenarios import Scenario, Send, preset
+from bench.scenarios import Scenario, Send
 from bench.target import Target
 
 KEEP_UP = 0.97  # acked/offered below this: the server (or the client) is falling behind the schedule
+# The first step asks for this many deliveries/s: low enough that every peer passes it, so a ramp never ends at
+# step one by starting too high; x1.5 per step reaches a million deliveries/s in 13 steps.
+START_DELIVERIES_PER_S = 5000.0
 
 
-def stress_scenario(rate: float, duration: float) -> Scenario:
-    """The quick preset's rooms and members (about 6.3 members per room), offered ``rate`` msg/s."""
-    base = preset("quick", duration)
-    per_pair = rate / len(base.sends)
+def scaled(base: Scenario, rate: float, duration: float) -> Scenario:
+    """``base``'s rooms, members and senders (their shares of the load kept), offered ``rate`` msg/s in all."""
+    factor = rate / base.offered_rate
+    fanout = base.expected_deliveries_per_s / base.offered_rate
     return msgspec.structs.replace(
         base,
         name="stress",
-        sends=[Send(s.user, s.room, per_pair) for s in base.sends],
+        duration=duration,
+        sends=[Send(s.user, s.room, s.rate * factor) for s in base.sends],
         arithmetic="",
-        description=f"the quick preset's 10 rooms and 30 users at {rate:,.0f} msg/s",
+        description=f"{base.name}'s rooms and members at {rate:,.0f} msg/s ({rate * fanout:,.0f} deliveries/s)",
     )
+
+
+def first_rate(base: Scenario, deliveries_per_s: float = START_DELIVERIES_PER_S) -> float:
+    """The ramp's first step: the rate that asks for ``deliveries_per_s``, whatever the room sizes."""
+    return deliveries_per_s * base.offered_rate / base.expected_deliveries_per_s
 
 
 def sustainable(result: Result, p99_bound_ms: float) -> tuple[bool, str]:
@@ -48,19 +59,20 @@ def sustainable(result: Result, p99_bound_ms: float) -> tuple[bool, str]:
 
 def ramp(
     target: Target,
+    base: Scenario,
     *,
-    start: float = 1000,
+    start: float | None = None,
     factor: float = 1.5,
     step_s: float = 8,
     p99_bound_ms: float = 100,
-    max_steps: int = 10,
+    max_steps: int = 16,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     best: Result | None = None
-    rate = start
+    rate = start or first_rate(base)
     for _ in range(max_steps):
-        result = runner.run(stress_scenario(rate, step_s), target)
+        result = runner.run(scaled(base, rate, step_s), target)
         ok, why = sustainable(result, p99_bound_ms)
         step = {
             "rate": round(rate),
@@ -83,6 +95,7 @@ def ramp(
         rate *= factor
     return {
         "target": target.name,
+        "shape": base.name,
         "p99_bound_ms": p99_bound_ms,
         "steps": steps,
         "max_sustainable_msgs_per_s": best.throughput["acked_msgs_per_s"] if best else 0.0,

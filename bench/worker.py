@@ -18,7 +18,8 @@ import msgspec
 import trio
 
 from bench.accounting import StreamSummary
-from bench.client import Client, Stats
+from bench.client import CONTENT_MARKER, Client, Stats
+from bench.countreader import CountReader
 from bench.wsclient import client_frame
 
 
@@ -85,12 +86,20 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
     begin = start_at.value
     cpu0, wall0 = time.process_time(), time.monotonic()
     errors: list[str] = []
+    reader = CountReader(CONTENT_MARKER, stats.counted)
+    counted_by_fd: dict[int, Client] = {}
     async with trio.open_nursery() as nursery:
         for client, member in zip(clients, plan.members, strict=True):
             if member.churn_rooms:
                 nursery.start_soon(_churn, client, member, plan, begin, errors)
-            elif not member.stalled:
+            elif member.stalled:
+                pass
+            elif not client.check and isinstance(client.stream, trio.SocketStream):
+                counted_by_fd[client.stream.socket.fileno()] = client
+                reader.add(client.stream.socket.fileno())
+            else:
                 nursery.start_soon(_receive, client, errors)
+        reader.start()
         nursery.start_soon(_ticker, stats, begin, queue, plan.worker)
         async with trio.open_nursery() as senders:
             for client, member in zip(clients, plan.members, strict=True):
@@ -98,6 +107,9 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
                     senders.start_soon(_send_on_schedule, client, member, plan, begin, errors)
         await trio.sleep_until(_trio_time(begin + plan.duration + plan.drain))
         nursery.cancel_scope.cancel()
+    for fd, count in (await trio.to_thread.run_sync(reader.stop)).items():
+        counted_by_fd[fd].counted = count
+    errors += [f"client {counted_by_fd[fd].index}: connection lost (closed by the server)" for fd in reader.closed]
     for client in clients:
         await client.stream.aclose()
     return _report(plan, clients, stats, cpu=time.process_time() - cpu0, wall=time.monotonic() - wall0, errors=errors)
@@ -206,9 +218,8 @@ async def _ticker(stats: Stats, begin: float, queue: Any, worker: int) -> None:
     second = 1
     while True:
         await trio.sleep_until(_trio_time(begin + second))
-        sent, acked, delivered = stats.second
         p99 = stats.second_latency.percentile_ms(99)
-        stats.tick()
+        sent, acked, delivered = stats.tick()
         queue.put(("tick", (worker, second, sent, acked, delivered, p99)))  # for the live view
         second += 1
 
