@@ -186,7 +186,7 @@ def run_stress(args: argparse.Namespace, command: str) -> int:
 
 def _print_step(step: dict[str, object]) -> None:
     print(
-        f"  {step['rate']:>8,} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
+        f"  {step['rate']:>10,} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
         f" {step['deliveries_per_s']:>11,.0f}/s, p99 {step['p99_ms']:>9,.1f} ms: {step['why']}",
         flush=True,
     )
@@ -209,15 +209,15 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
     """Every step of every ramp: what was offered, what came back, and the verdict."""
     lines = [
         "| target | offered msgs/s | acked msgs/s | deliveries/s | p50 ms | p99 ms | lost | server CPU % (max)"
-        " | client CPU % (max) | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        " | client CPU % (max) | slow consumers cut | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
         for s in r["steps"]:
             lines.append(
                 f"| {r['target']} | {s['rate']:,} | {s['acked_msgs_per_s']:,.0f} | {s['deliveries_per_s']:,.0f}"
                 f" | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,} | {s['server_cpu_percent']:,.0f}"
-                f" | {s['client_cpu_percent']:,.0f} | {s['why']} |"
+                f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']} |"
             )
     return "\n".join(lines)
 

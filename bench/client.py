@@ -52,6 +52,12 @@ class Client:
         self.accepted: dict[int, int] = {}  # room → messages of ours the server accepted
         self.rejected = 0
         self._next_ack = 0
+        # The sender, the receive loop's pongs and a churner's events share the stream: one send at a time
+        # (trio refuses concurrent send_all on one stream; a pong during a blocked send once broke a run).
+        # The receive loop never waits for the lock: a sender blocked by a server that is not reading could
+        # be waiting for us to read. A pong owed while a send is in progress goes out right after it.
+        self._send_lock = trio.Lock()
+        self._pong_owed = False
         self._tail = b""
 
     @classmethod
@@ -78,6 +84,19 @@ class Client:
         await stream.send_all(client_frame(b"40"))
         await _read_until(stream, b'40{"sid"', buffer)
         return cls(stream, index, stats, check=check)
+
+    async def send(self, data: bytes) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(data)
+            if self._pong_owed:
+                self._pong_owed = False
+                await self.stream.send_all(PONG)
+
+    async def _pong(self) -> None:
+        if self._send_lock.locked():
+            self._pong_owed = True
+        else:
+            await self.send(PONG)
 
     def frame_for(self, room: int, room_id: str, n: int, scheduled_ns: int, padding: str) -> bytes:
         ack = self._next_ack
@@ -116,7 +135,7 @@ class Client:
                     self._on_ack(int(ack), body, now)
             self._tail = buf[max(end, len(buf) - _TAIL) :]
             if PING_FRAME in data:
-                await self.stream.send_all(PONG)
+                await self._pong()
 
     async def _seq_loop(self) -> None:
         """The churner's path: like the checked path, but each message is taken once by its seq, live or not."""
@@ -129,7 +148,7 @@ class Client:
             end = self.absorb(buf, live=True)
             tail = buf[max(end, len(buf) - _TAIL) :]
             if PING_FRAME in data:
-                await self.stream.send_all(PONG)
+                await self._pong()
 
     def last_seq(self, room: int) -> int:
         """The newest seq this churner has of ``room`` (0 if none): where a catch-up starts."""
@@ -173,7 +192,7 @@ class Client:
             self.stats.counted(found)
             tail = buf[-keep:]
             if PING_FRAME in data:
-                await self.stream.send_all(PONG)
+                await self._pong()
 
     def _on_ack(self, ack_id: int, body: bytes, now: int) -> None:
         pending = self.pending_acks.pop(ack_id, None)

@@ -81,10 +81,11 @@ def stress_plot(ramps: list[dict[str, Any]], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for ramp in ramps:
-        rates = [s["rate"] for s in ramp["steps"]]
-        line = left.plot(rates, [s["deliveries_per_s"] for s in ramp["steps"]], marker="o", label=ramp["target"])
-        right.plot(rates, [s["p99_ms"] for s in ramp["steps"]], marker="o", color=line[0].get_color())
-        failed = [s for s in ramp["steps"] if not s["ok"]]
+        steps = sorted(ramp["steps"], key=lambda s: s["rate"])
+        rates = [s["rate"] for s in steps]
+        line = left.plot(rates, [s["deliveries_per_s"] for s in steps], marker="o", label=ramp["target"])
+        right.plot(rates, [s["p99_ms"] for s in steps], marker="o", color=line[0].get_color())
+        failed = [s for s in steps if not s["ok"]]
         right.plot([s["rate"] for s in failed], [s["p99_ms"] for s in failed], "x", color="red", markersize=10)
     bound = ramps[0]["p99_bound_ms"] if ramps else 100
     right.axhline(bound, color="grey", linestyle="--", linewidth=1)

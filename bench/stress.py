@@ -23,6 +23,8 @@ KEEP_UP = 0.97  # acked/offered below this: the server (or the client) is fallin
 # The first step asks for this many deliveries/s: low enough that every peer passes it, so a ramp never ends at
 # step one by starting too high; x1.5 per step reaches a million deliveries/s in 13 steps.
 START_DELIVERIES_PER_S = 5000.0
+# If even the first step fails, step down this many times (to ~9% of it) looking for a rate that passes.
+MAX_STEPS_DOWN = 6
 
 
 def scaled(base: Scenario, rate: float, duration: float) -> Scenario:
@@ -70,12 +72,14 @@ def ramp(
 ) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     best: Result | None = None
+    failed: dict[str, Any] | None = None  # the lowest failing step above the best one
     rate = start or first_rate(base)
+    descending = False
     for _ in range(max_steps):
         result = runner.run(scaled(base, rate, step_s), target)
         ok, why = sustainable(result, p99_bound_ms)
         step = {
-            "rate": round(rate),
+            "rate": round(rate, 2),
             "ok": ok,
             "why": why,
             "acked_msgs_per_s": result.throughput["acked_msgs_per_s"],
@@ -83,16 +87,25 @@ def ramp(
             "p50_ms": result.delivery_latency_ms["p50"],
             "p99_ms": result.delivery_latency_ms["p99"],
             "lost": result.counts["lost"],
+            "slow_consumer_disconnects": result.server_metrics.get("slow_consumer_disconnects_total", 0.0),
             "server_cpu_percent": max((s["cpu_percent"] for s in result.server_resources), default=0.0),
             "client_cpu_percent": max(result.client_cpu_percent, default=0.0),
+            "errors": len(result.errors),
         }
         steps.append(step)
         if on_step:
             on_step(step)
-        if not ok:
+        if ok:
+            best = result
+            if descending:  # the step above failed already
+                break
+            rate *= factor
+            continue
+        failed = step
+        if best is not None or len(steps) > MAX_STEPS_DOWN:
             break
-        best = result
-        rate *= factor
+        descending = True  # the first step was already too much: look below it
+        rate /= factor
     return {
         "target": target.name,
         "shape": base.name,
@@ -101,5 +114,7 @@ def ramp(
         "max_sustainable_msgs_per_s": best.throughput["acked_msgs_per_s"] if best else 0.0,
         "max_sustainable_deliveries_per_s": best.throughput["deliveries_per_s"] if best else 0.0,
         "p99_at_max_ms": best.delivery_latency_ms["p99"] if best else float("nan"),
-        "limited_by": steps[-1]["why"] if steps and not steps[-1]["ok"] else f"stopped after {max_steps} steps",
+        "limited_by": (
+            f"{failed['rate']:,} msg/s: {failed['why']}" if failed is not None else f"stopped after {max_steps} steps"
+        ),
     }

@@ -168,9 +168,9 @@ async def _churn(client: Client, member: MemberPlan, plan: WorkerPlan, begin: fl
                         await _read_history(http, client, plan.room_ids[room])
                     elif action == 1:
                         mark = client.last_seq(room)
-                        await client.stream.send_all(_event("leave_room", plan.room_ids[room]))
+                        await client.send(_event("leave_room", plan.room_ids[room]))
                         await trio.sleep(0.2)
-                        await client.stream.send_all(_event("join_room", plan.room_ids[room]))
+                        await client.send(_event("join_room", plan.room_ids[room]))
                         await trio.sleep(0.05)
                         client.stats.rejoins += 1
                         await _catch_up(http, client, room, plan.room_ids[room], mark)
@@ -243,7 +243,7 @@ async def _send_on_schedule(
                     frames.append(client.frame_for(room, plan.room_ids[room], k, scheduled_ns, padding))
                 counts[i] = max(counts[i], due)
             if frames:
-                await client.stream.send_all(b"".join(frames))
+                await client.send(b"".join(frames))
                 client.stats.sent_messages(len(frames))
             if now >= end:
                 return

@@ -7,8 +7,9 @@ import math
 import pytest
 
 from bench.result import Result
-from bench.scenarios import by_name
-from bench.stress import START_DELIVERIES_PER_S, first_rate, scaled, sustainable
+from bench.scenarios import Scenario, by_name
+from bench.stress import MAX_STEPS_DOWN, START_DELIVERIES_PER_S, first_rate, ramp, scaled, sustainable
+from bench.target import Target
 
 
 @pytest.mark.parametrize("shape", ["quick", "fanout", "multipub"])
@@ -40,7 +41,7 @@ def _result(*, lost: int = 0, duplicated: int = 0, acked: float = 1000, p99: flo
         started_at="",
         counts={"lost": lost, "duplicated": duplicated},
         throughput={"offered_msgs_per_s": 1000.0, "acked_msgs_per_s": acked},
-        delivery_latency_ms={"p99": p99},
+        delivery_latency_ms={"p50": p99 / 2, "p99": p99},
         ack_latency_ms={},
         timeline=[],
         server_resources=[],
@@ -58,3 +59,44 @@ def test_a_step_is_sustainable_only_if_nothing_is_lost_it_keeps_up_and_p99_holds
     assert sustainable(_result(p99=101), 100) == (False, "p99 101 ms > 100 ms")
     assert sustainable(_result(p99=float("nan")), 100)[0] is False  # nothing delivered at all
     assert sustainable(_result(bound=True), 100) == (False, "client-bound")
+
+
+class _FakeServer:
+    """Stands in for the runs: a server that holds p99 under the bound up to ``limit`` msg/s."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.rates: list[float] = []
+
+    def run(self, scenario: Scenario, target: object) -> Result:
+        rate = scenario.offered_rate
+        self.rates.append(rate)
+        result = _result(p99=50 if rate <= self.limit else 500)
+        result.throughput["deliveries_per_s"] = scenario.expected_deliveries_per_s
+        return result
+
+
+def test_the_ramp_climbs_until_a_step_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServer(limit=3000)
+    monkeypatch.setattr("bench.stress.runner.run", fake.run)
+    out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
+    assert fake.rates == pytest.approx([1000, 1500, 2250, 3375])
+    assert out["max_sustainable_msgs_per_s"] == 1000.0  # the fake's acked figure; the rate passed was 2250
+    assert out["limited_by"].startswith("3,375.0 msg/s: p99 500 ms")
+
+
+def test_when_the_first_step_fails_the_ramp_looks_below_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServer(limit=500)
+    monkeypatch.setattr("bench.stress.runner.run", fake.run)
+    out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
+    assert fake.rates == pytest.approx([1000, 1000 / 1.5, 1000 / 1.5**2])
+    assert [s["ok"] for s in out["steps"]] == [False, False, True]
+    assert out["limited_by"].startswith("666.67 msg/s")
+
+
+def test_a_peer_that_never_passes_is_reported_as_sustaining_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServer(limit=0)
+    monkeypatch.setattr("bench.stress.runner.run", fake.run)
+    out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
+    assert len(fake.rates) == 1 + MAX_STEPS_DOWN
+    assert out["max_sustainable_deliveries_per_s"] == 0.0
