@@ -184,9 +184,14 @@ def run_stress(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def _rate(rate: Any) -> str:
+    """Whole messages/s, except the sub-10 rates a ramp reaches when it steps down."""
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
+
+
 def _print_step(step: dict[str, object]) -> None:
     print(
-        f"  {step['rate']:>10,} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
+        f"  {_rate(step['rate']):>8} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
         f" {step['deliveries_per_s']:>11,.0f}/s, p99 {step['p99_ms']:>9,.1f} ms: {step['why']}",
         flush=True,
     )
@@ -215,7 +220,7 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
     for r in ramps:
         for s in r["steps"]:
             lines.append(
-                f"| {r['target']} | {s['rate']:,} | {s['acked_msgs_per_s']:,.0f} | {s['deliveries_per_s']:,.0f}"
+                f"| {r['target']} | {_rate(s['rate'])} | {s['acked_msgs_per_s']:,.0f} | {s['deliveries_per_s']:,.0f}"
                 f" | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,} | {s['server_cpu_percent']:,.0f}"
                 f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']} |"
             )

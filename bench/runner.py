@@ -308,7 +308,7 @@ def _result(
         machine=machine(),
         started_at=started_at,
         counts={
-            "offered": round(scenario.offered_rate * duration),
+            "offered": scenario.scheduled_messages(),
             "sent": sent,
             "acked": acked,
             "rejected": sum(r.rejected for r in reports),

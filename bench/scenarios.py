@@ -7,12 +7,18 @@ Every scenario is bounded in time (``duration``) and in count (users, rooms, rat
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
 import msgspec
 
 SEED = 2026  # the same rooms and members in every run, so results compare
+
+
+def stream_length(duration: float, rate: float) -> int:
+    """Messages in one sender's stream: floor(duration x rate), forgiving float error (2970/90 x 30 is 989.99...)."""
+    return math.floor(duration * rate + 1e-6)
 
 
 class Send(msgspec.Struct, frozen=True, array_like=True):
@@ -45,6 +51,10 @@ class Scenario(msgspec.Struct, frozen=True):
     @property
     def offered_rate(self) -> float:
         return sum(s.rate for s in self.sends)
+
+    def scheduled_messages(self) -> int:
+        """What the open-loop schedule sends: each stream floor(duration x rate) messages (bench/worker.py)."""
+        return sum(stream_length(self.duration, s.rate) for s in self.sends)
 
     @property
     def expected_deliveries_per_s(self) -> float:

@@ -20,6 +20,7 @@ import trio
 from bench.accounting import StreamSummary
 from bench.client import CONTENT_MARKER, Client, Stats
 from bench.countreader import CountReader
+from bench.scenarios import stream_length
 from bench.wsclient import client_frame
 
 
@@ -237,7 +238,7 @@ async def _send_on_schedule(
             now = time.monotonic()
             frames = []
             for i, (room, rate) in enumerate(member.sends):
-                due = min(math.floor((min(now, end) - begin) * rate) + 1, math.floor(plan.duration * rate))
+                due = min(math.floor((min(now, end) - begin) * rate) + 1, stream_length(plan.duration, rate))
                 for k in range(counts[i], due):
                     scheduled_ns = int((begin + k / rate) * 1e9)
                     frames.append(client.frame_for(room, plan.room_ids[room], k, scheduled_ns, padding))

@@ -39,7 +39,7 @@ def _result(*, lost: int = 0, duplicated: int = 0, acked: float = 1000, p99: flo
         git_commit="",
         machine={},
         started_at="",
-        counts={"lost": lost, "duplicated": duplicated},
+        counts={"lost": lost, "duplicated": duplicated, "offered": 8000, "acked": round(acked * 8)},
         throughput={"offered_msgs_per_s": 1000.0, "acked_msgs_per_s": acked},
         delivery_latency_ms={"p50": p99 / 2, "p99": p99},
         ack_latency_ms={},
@@ -82,7 +82,7 @@ def test_the_ramp_climbs_until_a_step_fails(monkeypatch: pytest.MonkeyPatch) -> 
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
     assert fake.rates == pytest.approx([1000, 1500, 2250, 3375])
     assert out["max_sustainable_msgs_per_s"] == 1000.0  # the fake's acked figure; the rate passed was 2250
-    assert out["limited_by"].startswith("3,375.0 msg/s: p99 500 ms")
+    assert out["limited_by"].startswith("3,375 msg/s: p99 500 ms")
 
 
 def test_when_the_first_step_fails_the_ramp_looks_below_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,7 +91,7 @@ def test_when_the_first_step_fails_the_ramp_looks_below_it(monkeypatch: pytest.M
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
     assert fake.rates == pytest.approx([1000, 1000 / 1.5, 1000 / 1.5**2])
     assert [s["ok"] for s in out["steps"]] == [False, False, True]
-    assert out["limited_by"].startswith("666.67 msg/s")
+    assert out["limited_by"].startswith("667 msg/s")
 
 
 def test_a_peer_that_never_passes_is_reported_as_sustaining_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,3 +100,8 @@ def test_a_peer_that_never_passes_is_reported_as_sustaining_nothing(monkeypatch:
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
     assert len(fake.rates) == 1 + MAX_STEPS_DOWN
     assert out["max_sustainable_deliveries_per_s"] == 0.0
+
+
+def test_offered_counts_what_the_schedule_sends_also_at_fractional_rates() -> None:
+    assert by_name("quick").scheduled_messages() == 59 * 1510  # 59 streams, floor(30 s x 2970/59 msg/s) each
+    assert scaled(by_name("fanout", duration=5), 0.66, 8).scheduled_messages() == 5  # floor(8 x 0.66)
