@@ -63,6 +63,9 @@ class Totals(msgspec.Struct, frozen=True):
     lost: int
     duplicated: int
     out_of_order: int
+    # Deliveries of messages the server broadcast but whose ack had not reached the sender when the run
+    # ended (a server that falls behind): neither expected nor duplicates.
+    unacked: int = 0
 
 
 def settle(
@@ -70,7 +73,9 @@ def settle(
     seen: dict[tuple[int, int, int], StreamSummary],
     members: dict[int, list[int]],
     counted: dict[int, int] | None = None,
+    *,
     lenient: set[int] | None = None,
+    written: dict[tuple[int, int], int] | None = None,
 ) -> Totals:
     """Totals for a run.
 
@@ -80,24 +85,33 @@ def settle(
     member received in all its rooms; for those, loss and duplication are found in aggregate (fewer or more
     deliveries than accepted messages), and order is not checked. ``lenient`` members (the mixed scenario's
     churners) take each message once by seq, live or from history catch-up: only their losses count.
+    ``written[(sender, room)]``: messages of that stream the sender wrote, acked or not; a count-only member's
+    deliveries beyond the accepted ones but within the written ones are ``unacked``, not duplicates (without
+    ``written``, every delivery beyond the accepted ones counts as a duplicate).
     """
     lenient = lenient or set()
     counted = counted or {}
-    expected = delivered = lost = duplicated = out_of_order = 0
+    written = written or {}
+    expected = delivered = lost = duplicated = out_of_order = unacked = 0
     owed: dict[int, int] = {}
-    for (sender, room), count in accepted.items():
+    ceiling: dict[int, int] = {}  # most deliveries a count-only member could get without a duplicate
+    streams = set(accepted) | set(written)
+    for sender, room in streams:
+        count = accepted.get((sender, room), 0)
         for member in members.get(room, []):
             expected += count
             if member in counted:
                 owed[member] = owed.get(member, 0) + count
+                ceiling[member] = ceiling.get(member, 0) + max(count, written.get((sender, room), 0))
                 continue
             summary = seen.get((member, sender, room))
             if summary is None:
                 lost += count
                 continue
-            unique = summary.next - len(summary.missing)
-            beyond = max(0, summary.next - count)  # seen numbers the server never accepted: not expected
-            lost += max(0, count - (unique - beyond))
+            # Numbers at or past ``count`` are messages the server broadcast but never acked: not expected.
+            missing_within = sum(1 for n in summary.missing if n < count)
+            lost += count - (min(summary.next, count) - missing_within)
+            unacked += max(0, summary.next - count) - (len(summary.missing) - missing_within)
             delivered += summary.delivered
             if member not in lenient:
                 duplicated += summary.duplicates
@@ -105,5 +119,7 @@ def settle(
     for member, got in counted.items():
         delivered += got
         lost += max(0, owed.get(member, 0) - got)
-        duplicated += max(0, got - owed.get(member, 0))
-    return Totals(expected, delivered, lost, duplicated, out_of_order)
+        top = max(owed.get(member, 0), ceiling.get(member, 0))
+        unacked += max(0, min(got, top) - owed.get(member, 0))
+        duplicated += max(0, got - top)
+    return Totals(expected, delivered, lost, duplicated, out_of_order, unacked)

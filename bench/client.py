@@ -50,6 +50,7 @@ class Client:
         self.trackers: dict[tuple[int, int], StreamTracker] = {}  # (sender, room) → what this member saw
         self.pending_acks: dict[int, tuple[int, int]] = {}  # ack id → (room, scheduled ns)
         self.accepted: dict[int, int] = {}  # room → messages of ours the server accepted
+        self.written: dict[int, int] = {}  # room → messages of ours framed for sending, acked or not
         self.rejected = 0
         self._next_ack = 0
         # The sender, the receive loop's pongs and a churner's events share the stream: one send at a time
@@ -102,6 +103,7 @@ class Client:
         ack = self._next_ack
         self._next_ack += 1
         self.pending_acks[ack] = (room, scheduled_ns)
+        self.written[room] = self.written.get(room, 0) + 1
         content = f"{scheduled_ns}|{self.index}|{room}|{n}|{padding}"
         payload = {"roomId": room_id, "content": content, "clientMsgId": f"{self.index}-{room}-{n}"}
         return client_frame(b"42" + str(ack).encode() + _encode(["send_message", payload]))

@@ -123,6 +123,8 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         ("lost", lambda r: r.counts["lost"]),
         ("duplicated", lambda r: r.counts["duplicated"]),
         ("out of order", lambda r: r.counts["out_of_order"]),
+        # Old results have no such count; a server that kept up has none.
+        ("delivered, ack not yet back", lambda r: r.counts.get("delivered_unacked", 0)),
         ("rejected", lambda r: r.counts["rejected"]),
         *[
             (f"delivery {k} ms", _latency("delivery_latency_ms", k))

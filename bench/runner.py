@@ -255,7 +255,8 @@ def _result(
     seen = {(m, s, r): summary for rep in reports for m, s, r, summary in rep.seen}
     readers = {room: [m for m in members if m not in scenario.stalled] for room, members in enumerate(scenario.rooms)}
     counted = {m: n for rep in reports for m, n in rep.counted}
-    totals = settle(accepted, seen, readers, counted, lenient=set(scenario.churn))
+    written = {(s, r): n for rep in reports for s, r, n in rep.written}
+    totals = settle(accepted, seen, readers, counted, lenient=set(scenario.churn), written=written)
     churn: dict[str, float] = {}
     history = Histogram()
     for rep in reports:
@@ -317,6 +318,7 @@ def _result(
             "lost": totals.lost,
             "duplicated": totals.duplicated,
             "out_of_order": totals.out_of_order,
+            "delivered_unacked": totals.unacked,
         },
         throughput={
             "offered_msgs_per_s": round(scenario.offered_rate, 1),

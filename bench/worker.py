@@ -65,6 +65,7 @@ class WorkerReport(msgspec.Struct, frozen=True):
     errors: list[str]
     churn: dict[str, int] = {}
     history_hist: str = ""
+    written: list[tuple[int, int, int]] = []  # (sender, room, count): messages framed, acked or not
 
 
 def main(plan_bytes: bytes, queue: Any, start_event: Any, start_at: Any) -> None:
@@ -282,4 +283,5 @@ def _report(
             "recovered_from_history": stats.recovered,
         },
         stats.history_latency.encode(),
+        [(c.index, room, count) for c in clients for room, count in c.written.items()],
     )

@@ -56,3 +56,29 @@ def test_count_only_members_catch_loss_and_duplication_in_aggregate() -> None:
     totals = settle(accepted, seen, members, counted={7: 15, 8: 13})
     assert (totals.expected, totals.lost, totals.duplicated) == (45, 2, 0)
     assert settle(accepted, seen, members, counted={7: 16, 8: 15}).duplicated == 1
+
+
+def test_unacked_broadcasts_are_neither_lost_nor_duplicated() -> None:
+    # The server accepted 5 messages of the stream (acks arrived) and broadcast 3 more whose acks had not
+    # arrived when the run ended; n=5 and 6 of those never reached the checked member.
+    accepted = {(0, 0): 5}
+    seen = {(1, 0, 0): track([0, 1, 2, 3, 4, 7])}
+    totals = settle(accepted, seen, {0: [1]})
+    assert (totals.lost, totals.duplicated, totals.unacked) == (0, 0, 1)
+    # A gap inside the accepted range is still a loss.
+    totals = settle(accepted, {(1, 0, 0): track([0, 1, 3, 4, 7])}, {0: [1]})
+    assert (totals.lost, totals.duplicated, totals.unacked) == (1, 0, 1)
+
+
+def test_count_only_deliveries_of_written_but_unacked_messages_are_not_duplicates() -> None:
+    accepted = {(0, 0): 10}
+    members = {0: [7]}
+    written = {(0, 0): 13}
+    totals = settle(accepted, {}, members, counted={7: 12}, written=written)
+    assert (totals.expected, totals.lost, totals.duplicated, totals.unacked) == (10, 0, 0, 2)
+    # Beyond what was written, an extra delivery can only be a duplicate.
+    totals = settle(accepted, {}, members, counted={7: 15}, written=written)
+    assert (totals.duplicated, totals.unacked) == (2, 3)
+    # A stream with no ack at all still bounds what its members may receive.
+    totals = settle({}, {}, members, counted={7: 4}, written={(0, 0): 4})
+    assert (totals.expected, totals.lost, totals.duplicated, totals.unacked) == (0, 0, 0, 4)
