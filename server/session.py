@@ -101,6 +101,18 @@ class Session:
         self._wake_poll()
         return True
 
+    def send_many(self, packets: list[bytes], ws_frames: bytes) -> bool:
+        """Queue several packets at once; ``ws_frames`` is their websocket frames, concatenated.
+
+        On a websocket that is one outbox entry and one write for the lot (a committed batch's messages to
+        one room); a polling session queues them one by one, as its payload format needs.
+        """
+        if self.closed:
+            return False
+        if self.ws is not None:
+            return self.ws.push(ws_frames)
+        return all(self.send(packet) for packet in packets)
+
     def _wake_poll(self) -> None:
         if self._poll_waiter is not None:
             self._poll_waiter.set()

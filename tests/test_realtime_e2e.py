@@ -238,3 +238,37 @@ async def test_metrics_endpoint_counts_the_traffic(
     assert values["minitalk_batch_size_count"] >= 1
     assert values["minitalk_commit_seconds_count"] >= 1
     assert "minitalk_event_loop_lag_seconds" in values
+
+
+async def test_a_batch_of_several_messages_reaches_websocket_and_polling_members_in_order(
+    nursery: trio.Nursery, db_path: Path, peers: list[Peer]
+) -> None:
+    # A long linger puts a burst of sends into few batches: each batch's messages to the room go to a
+    # websocket member as one joined outbox entry, and to a polling member packet by packet.
+    server = await start_server(nursery, make_config(db_path, batch_linger=0.3))
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        tokens = await make_users(http, ["a", "b", "c"])
+        room = await make_room(http, tokens["a"], ["b", "c"])
+        a = await connect(peers, server.url, "a", tokens["a"])
+        b = await connect(peers, server.url, "b", tokens["b"])
+        c = await connect(peers, server.url, "c", tokens["c"], transports=["polling"])
+        for i in range(30):
+            await a.emit("send_message", {"roomId": room, "content": f"m{i}"})
+        await wait_until(lambda: all(len(p.received("message")) >= 30 for p in (a, b, c)))
+        await trio.sleep(0.2)
+        for peer in (a, b, c):
+            got = peer.received("message")
+            assert [m["seq"] for m in got] == list(range(1, 31)), peer.name
+            assert [m["content"] for m in got] == [f"m{i}" for i in range(30)], peer.name
+        r = await http.get("/metrics")
+        values = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in r.text.splitlines()
+            if line and not line.startswith("#")
+        }
+        assert values["minitalk_batch_size_count"] < 30, "the sends were batched"
+        assert values["minitalk_messages_broadcast_total"] == 30
+        assert values["minitalk_deliveries_total"] == 90
+        for peer in (a, b, c):
+            await peer.disconnect()
+    await server.stop()
