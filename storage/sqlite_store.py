@@ -25,6 +25,9 @@ _participants_encoder = msgspec.json.Encoder()
 _participants_decoder = msgspec.json.Decoder(tuple[str, ...])
 
 _MESSAGE_COLUMNS = "id, room_id, seq, sender, content, timestamp, created_at, client_msg_id"
+_QUALIFIED_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))
+# Keys per idempotency lookup: 3 parameters each, well under SQLite's 32,766-parameter limit.
+_KEYS_PER_QUERY = 500
 
 
 def _message(row: tuple[str, str, int, str, str, str, str, str | None]) -> StoredMessage:
@@ -128,9 +131,18 @@ class SqliteStore:
     # -- messages ----------------------------------------------------------------------------------
     def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
         saved_counters = dict(self._last_seq)
+        created_at = iso_utc(time.time())  # one commit, one commit time
         try:
             with transaction(self._conn) as conn:
-                results = [self._append_one(conn, m, iso_utc(time.time())) for m in batch]
+                prior = self._prior_sends(conn, batch)
+                rows: list[tuple[object, ...]] = []
+                results = [self._assign(m, created_at, prior, rows) for m in batch]
+                # One executemany for the batch: the per-row cost stays in SQLite's C code.
+                conn.executemany(
+                    "INSERT INTO messages (id, room_id, seq, sender, content, ts_ms, timestamp, created_at,"
+                    " client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
                 touched = {r.message.room_id for r in results if r.message is not None and not r.duplicate}
                 conn.executemany(
                     "UPDATE rooms SET last_seq = ? WHERE room_id = ?",
@@ -141,35 +153,48 @@ class SqliteStore:
             raise
         return results
 
-    def _append_one(self, conn: sqlite3.Connection, m: NewMessage, created_at: str) -> Appended:
+    def _prior_sends(
+        self, conn: sqlite3.Connection, batch: Sequence[NewMessage]
+    ) -> dict[tuple[str, str, str], StoredMessage]:
+        """Messages already stored under the batch's (room, sender, clientMsgId) keys: one query per chunk."""
+        keys = list({(m.room_id, m.sender, m.client_msg_id) for m in batch if m.client_msg_id is not None})
+        found: dict[tuple[str, str, str], StoredMessage] = {}
+        for start in range(0, len(keys), _KEYS_PER_QUERY):
+            chunk = keys[start : start + _KEYS_PER_QUERY]
+            values = ", ".join(["(?, ?, ?)"] * len(chunk))
+            cursor = conn.execute(
+                f"SELECT {_QUALIFIED_COLUMNS} FROM (VALUES {values}) AS k JOIN messages m"
+                " ON m.room_id = k.column1 AND m.sender = k.column2 AND m.client_msg_id = k.column3",
+                [part for key in chunk for part in key],
+            )
+            for row in cursor:
+                stored = _message(row)
+                if stored.client_msg_id is not None:  # always, by the join
+                    found[(stored.room_id, stored.sender, stored.client_msg_id)] = stored
+        return found
+
+    def _assign(
+        self,
+        m: NewMessage,
+        created_at: str,
+        prior: dict[tuple[str, str, str], StoredMessage],
+        rows: list[tuple[object, ...]],
+    ) -> Appended:
+        """The message's seq and stored form (its row goes to ``rows``), or the earlier send it repeats."""
         last = self._last_seq.get(m.room_id)
         if last is None:
             return Appended(message=None)  # the room was deleted while the message waited
-        if m.client_msg_id is not None:
-            row = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND sender = ? AND client_msg_id = ?",
-                (m.room_id, m.sender, m.client_msg_id),
-            ).fetchone()
-            if row is not None:
-                return Appended(message=_message(row), duplicate=True)
+        key = None if m.client_msg_id is None else (m.room_id, m.sender, m.client_msg_id)
+        if key is not None and key in prior:
+            return Appended(message=prior[key], duplicate=True)  # stored before, or earlier in this batch
         seq = last + 1 if m.seq is None else m.seq
-        conn.execute(
-            "INSERT INTO messages (id, room_id, seq, sender, content, ts_ms, timestamp, created_at,"
-            " client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                m.id,
-                m.room_id,
-                seq,
-                m.sender,
-                m.content,
-                m.timestamp_ms,
-                m.timestamp,
-                created_at,
-                m.client_msg_id,
-            ),
+        rows.append(
+            (m.id, m.room_id, seq, m.sender, m.content, m.timestamp_ms, m.timestamp, created_at, m.client_msg_id)
         )
         self._last_seq[m.room_id] = max(last, seq)
         stored = StoredMessage(m.id, m.room_id, seq, m.sender, m.content, m.timestamp, created_at, m.client_msg_id)
+        if key is not None:
+            prior[key] = stored
         return Appended(message=stored)
 
     def history(self, q: HistoryQuery) -> list[StoredMessage]:

@@ -112,6 +112,18 @@ def test_client_msg_id_makes_appends_idempotent(store: SqliteStore) -> None:
     assert [m.seq for m in store.history(HistoryQuery("r1", 100))] == [1, 2, 3]
 
 
+def test_idempotency_lookup_covers_batches_bigger_than_one_query(store: SqliteStore) -> None:
+    # The lookup of earlier sends goes in chunks of keys; a retried batch of 1,200 must find every one.
+    store.insert_rooms([room("r1", "alice", "bob")])
+    batch = [message("r1", n, sender=("alice", "bob")[n % 2], client_msg_id=f"c-{n}") for n in range(1200)]
+    first = store.append_messages(batch)
+    assert [r.message.seq for r in first if r.message] == list(range(1, 1201))
+    retried = store.append_messages([*batch[::-1], message("r1", 1200, client_msg_id="new")])
+    assert all(r.duplicate for r in retried[:-1])
+    assert [r.message for r in retried[:-1]] == [r.message for r in first[::-1]]
+    assert not retried[-1].duplicate and retried[-1].message is not None and retried[-1].message.seq == 1201
+
+
 def test_failed_batch_hands_out_the_same_seqs_again(store: SqliteStore) -> None:
     store.insert_rooms([room("r1")])
     store.append_messages([message("r1", 1)])
