@@ -203,10 +203,18 @@ def stress_table(ramps: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in ramps:
+        at_least = "≥ " if r.get("client_bound") else ""
         lines.append(
-            f"| {r['target']} | {r.get('shape', 'quick')} | {r['max_sustainable_msgs_per_s']:,.0f}"
-            f" | {r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f} | {r['limited_by']} |"
+            f"| {r['target']} | {r.get('shape', 'quick')} | {at_least}{r['max_sustainable_msgs_per_s']:,.0f}"
+            f" | {at_least}{r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f}"
+            f" | {r['limited_by']} |"
         )
+    if any(r.get("client_bound") for r in ramps):
+        lines += [
+            "",
+            "≥: the ramp ended on a client-bound step (the load generator saturated its core), not on the server;"
+            " the server's maximum is at least this.",
+        ]
     return "\n".join(lines)
 
 
@@ -307,7 +315,11 @@ def _ratio(ours: dict[str, Any] | None, peer: dict[str, Any] | None, key: str) -
     if not ours or not peer:
         return "(run with --stress)"
     a, b = float(ours[key]), float(peer[key])
-    return f"{a / b:,.1f}x" if b else "∞ (peer sustained none)"
+    # A client-bound maximum is a lower bound: ours only → the ratio is at least this; the peer's → at most.
+    bound = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "~ "}.get(
+        (bool(ours.get("client_bound")), bool(peer.get("client_bound"))), ""
+    )
+    return f"{bound}{a / b:,.1f}x" if b else "∞ (peer sustained none)"
 
 
 def write(result: Result | list[Result], out: Path, stem: str, command: str) -> Path:

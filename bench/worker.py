@@ -60,8 +60,8 @@ class WorkerReport(msgspec.Struct, frozen=True):
     delivery_hist: str
     ack_hist: str
     timeline: list[tuple[int, int, int, str]]
-    cpu_seconds: float
-    wall_seconds: float
+    cpu_seconds: float  # over the load window (NaN if the worker did not last it)
+    wall_seconds: float  # the load window
     errors: list[str]
     churn: dict[str, int] = {}
     history_hist: str = ""
@@ -86,7 +86,7 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
     queue.put(("ready", plan.worker))
     await trio.to_thread.run_sync(start_event.wait)
     begin = start_at.value
-    cpu0, wall0 = time.process_time(), time.monotonic()
+    load_cpu: list[float] = []  # process CPU seconds at the start and at the end of the load
     errors: list[str] = []
     reader = CountReader(CONTENT_MARKER, stats.counted)
     counted_by_fd: dict[int, Client] = {}
@@ -103,6 +103,7 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
                 nursery.start_soon(_receive, client, errors)
         reader.start()
         nursery.start_soon(_ticker, stats, begin, queue, plan.worker)
+        nursery.start_soon(_measure_cpu, load_cpu, begin, plan.duration)
         async with trio.open_nursery() as senders:
             for client, member in zip(clients, plan.members, strict=True):
                 if member.sends:
@@ -114,7 +115,16 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
     errors += [f"client {counted_by_fd[fd].index}: connection lost (closed by the server)" for fd in reader.closed]
     for client in clients:
         await client.stream.aclose()
-    return _report(plan, clients, stats, cpu=time.process_time() - cpu0, wall=time.monotonic() - wall0, errors=errors)
+    cpu = load_cpu[1] - load_cpu[0] if len(load_cpu) == 2 else float("nan")
+    return _report(plan, clients, stats, cpu=cpu, wall=plan.duration, errors=errors)
+
+
+async def _measure_cpu(into: list[float], begin: float, duration: float) -> None:
+    """CPU over the load alone: the connect phase and the drain after it would dilute a saturated core."""
+    await trio.sleep_until(_trio_time(begin))
+    into.append(time.process_time())
+    await trio.sleep_until(_trio_time(begin + duration))
+    into.append(time.process_time())
 
 
 async def _connect_all(plan: WorkerPlan, stats: Stats) -> list[Client]:

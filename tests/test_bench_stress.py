@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import pytest
 
+from bench.__main__ import _ratio, stress_table
 from bench.result import Result
 from bench.scenarios import Scenario, by_name
 from bench.stress import MAX_STEPS_DOWN, START_DELIVERIES_PER_S, first_rate, ramp, scaled, sustainable
@@ -58,7 +60,11 @@ def test_a_step_is_sustainable_only_if_nothing_is_lost_it_keeps_up_and_p99_holds
     assert sustainable(_result(acked=960), 100) == (False, "fell behind the offered rate")
     assert sustainable(_result(p99=101), 100) == (False, "p99 101 ms > 100 ms")
     assert sustainable(_result(p99=float("nan")), 100)[0] is False  # nothing delivered at all
-    assert sustainable(_result(bound=True), 100) == (False, "client-bound")
+    # A saturated client only adds latency: passing anyway is a pass; failing blames the client, not the server.
+    assert sustainable(_result(bound=True), 100) == (True, "ok (client-bound)")
+    assert sustainable(_result(bound=True, p99=500), 100) == (False, "client-bound")
+    assert sustainable(_result(bound=True, acked=900), 100) == (False, "client-bound")
+    assert sustainable(_result(bound=True, lost=1), 100) == (False, "1 lost, 0 duplicated")
 
 
 class _FakeServer:
@@ -105,3 +111,29 @@ def test_a_peer_that_never_passes_is_reported_as_sustaining_nothing(monkeypatch:
 def test_offered_counts_what_the_schedule_sends_also_at_fractional_rates() -> None:
     assert by_name("quick").scheduled_messages() == 59 * 1510  # 59 streams, floor(30 s x 2970/59 msg/s) each
     assert scaled(by_name("fanout", duration=5), 0.66, 8).scheduled_messages() == 5  # floor(8 x 0.66)
+
+
+def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServer(limit=10_000)
+    real_run = fake.run
+
+    def client_saturates_at_2250(scenario: Scenario, target: object) -> Result:
+        result = real_run(scenario, target)
+        if scenario.offered_rate > 2000:  # saturated and, past that, too slow to keep the p99
+            result = msgspec.structs.replace(result, client_bound=True)
+            result.delivery_latency_ms["p99"] = 500
+        elif scenario.offered_rate > 1200:  # saturated, but still within the bound
+            result = msgspec.structs.replace(result, client_bound=True)
+        return result
+
+    monkeypatch.setattr("bench.stress.runner.run", client_saturates_at_2250)
+    target = Target("t", "http://127.0.0.1:1", pid=None, settings={})
+    out = ramp(target, by_name("quick", duration=1), start=1000)
+    assert [step["why"] for step in out["steps"]] == ["ok", "ok (client-bound)", "client-bound"]
+    assert out["client_bound"] and out["limited_by"] == "2,250 msg/s: client-bound"
+    table = stress_table([out])
+    assert "| ≥ 1,000 |" in table and "the server's maximum is at least this" in table
+    peer = {**out, "client_bound": False}
+    assert _ratio(out, peer, "max_sustainable_msgs_per_s") == "≥ 1.0x"
+    assert _ratio(peer, out, "max_sustainable_msgs_per_s") == "≤ 1.0x"
+    assert _ratio(peer, peer, "max_sustainable_msgs_per_s") == "1.0x"
