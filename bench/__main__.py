@@ -9,13 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from bench import compare as compare_mod
 from bench import report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
-from bench.result import Result, load
+from bench.result import Result, StressRecord, git_commit, load_any, machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -36,7 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         help="tiny, light, quick, medium, strong, extreme, mega, single, multipub,"
         " fanout, slow-consumer, mixed, endurance, smoke, stress",
     )
-    run.add_argument("--duration", type=float, help="seconds of load (each scenario has a default)")
+    run.add_argument(
+        "--duration",
+        type=float,
+        help=f"seconds of load (each scenario has a default; stress: per step, default {stress.STEP_S:g})",
+    )
     run.add_argument("--rate", type=float, help="messages/s (every scenario but the presets and smoke)")
     run.add_argument("--members", type=int, help="room size, for fanout and slow-consumer")
     run.add_argument("--mode", choices=["durable", "fast"], default="durable", help="our server's delivery mode")
@@ -54,7 +56,12 @@ def _parser() -> argparse.ArgumentParser:
         help="fraction of the members (0-1) that use Engine.IO long-polling instead of websocket (default 0)",
     )
     run.add_argument("--no-live", action="store_true", help="no live table on stderr while running")
-    cmp = sub.add_parser("compare", help="compare two results; exit 1 if NEW regressed past the threshold")
+    cmp = sub.add_parser(
+        "compare",
+        help="compare two results; exit 1 if NEW regressed past the threshold",
+        description=compare_mod.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cmp.add_argument("old", type=Path)
     cmp.add_argument("new", type=Path)
     cmp.add_argument(
@@ -76,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     peers = sub.add_parser("peers", help="the same scenario against ours (durable, fast) and the reference peers")
     peers.add_argument("scenario", help="a scenario name as for run (the stress ramp runs with --stress)")
-    peers.add_argument("--duration", type=float)
+    peers.add_argument("--duration", type=float, help="seconds of the scenario's run (ramp steps keep their own)")
     peers.add_argument("--rate", type=float)
     peers.add_argument("--members", type=int)
     peers.add_argument(
@@ -101,19 +108,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command in ("run", "peers") and args.scenario not in scenarios.names():
-        parser.error(f"unknown scenario {args.scenario!r}; known: {', '.join(scenarios.names())}")
-    if args.command == "peers" and args.scenario == "stress":
-        parser.error("peers ramps the scenario it runs: use --stress (e.g. peers fanout --stress)")
-    if args.command == "run" and args.shape not in scenarios.names()[:-1]:
-        parser.error(f"unknown --shape {args.shape!r}; known: {', '.join(scenarios.names()[:-1])}")
+    _check_flags(parser, args)
     if args.command == "compare":
-        table, regressed = compare_mod.compare(load(args.old), load(args.new), args.threshold)
-        print(table)
-        if regressed:
-            print(f"\nregressed past {args.threshold:.0%}: {', '.join(regressed)}")
-            return 1
-        return 0
+        return run_compare(parser, args)
     if args.command == "list":
         for name in scenarios.names():
             print(name)
@@ -153,6 +150,54 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Unknown names, and combinations that would silently do something else than asked, are refused."""
+    if args.command in ("run", "peers") and args.scenario not in scenarios.names():
+        parser.error(f"unknown scenario {args.scenario!r}; known: {', '.join(scenarios.names())}")
+    if args.command == "peers":
+        if args.scenario == "stress":
+            parser.error("peers ramps the scenario it runs: use --stress (e.g. peers fanout --stress)")
+        if args.start_rate is not None and not args.stress:
+            parser.error("--start-rate is for the stress ramp: add --stress")
+    if args.command != "run":
+        return
+    if args.shape not in scenarios.names()[:-1]:
+        parser.error(f"unknown --shape {args.shape!r}; known: {', '.join(scenarios.names()[:-1])}")
+    if args.pid is not None and not args.url:
+        parser.error("--pid is for a running server given with --url (a started server's pid is known)")
+    if args.profile and args.url and args.pid is None:
+        parser.error("--profile with --url needs the server's --pid to attach py-spy to")
+    if args.scenario == "stress":
+        refused = (
+            ("--profile", args.profile, "profile one step with run --rate instead"),
+            ("--workers", args.workers, "each step uses one worker per client core"),
+            ("--rate", args.rate, "the ramp sets the rates; --start-rate is the first"),
+        )
+        for flag, value, why in refused:
+            if value:
+                parser.error(f"{flag} does not apply to stress ({why})")
+    elif args.start_rate is not None:
+        parser.error("--start-rate is for the stress ramp (run stress, peers --stress)")
+
+
+def run_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    old, new = load_any(args.old), load_any(args.new)
+    if isinstance(old, StressRecord) and isinstance(new, StressRecord):
+        table, regressed = compare_mod.compare_stress(old, new, args.threshold)
+    elif isinstance(old, Result) and isinstance(new, Result):
+        before = (old.scenario, old.parameters.get("offered_msgs_per_s"))
+        if before != (new.scenario, new.parameters.get("offered_msgs_per_s")):
+            print(f"warning: different runs ({old.description!r} vs {new.description!r})", file=sys.stderr)
+        table, regressed = compare_mod.compare(old, new, args.threshold)
+    else:
+        parser.error("compare needs two run results or two stress records, not one of each")
+    print(table)
+    if regressed:
+        print(f"\nregressed past {args.threshold:.0%}: {', '.join(regressed)}")
+        return 1
+    return 0
+
+
 TARGETS = ("ours-durable", "ours-fast", "python-socketio", "node-socket.io")
 
 
@@ -166,13 +211,18 @@ def run_stress(args: argparse.Namespace, command: str) -> int:
     server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
     try:
         base = scenarios.by_name(args.shape, members=args.members, polling_share=args.polling_share)
-        ramp = stress.ramp(server, base, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step)
+        ramp = stress.ramp(
+            server,
+            base,
+            start=args.start_rate,
+            step_s=args.duration or stress.STEP_S,
+            p99_bound_ms=args.p99_bound,
+            on_step=_print_step,
+        )
     finally:
         server.stop()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    path = args.out / f"{stamp}-stress-{args.mode}.json"
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(msgspec.json.format(msgspec.json.encode(ramp), indent=2))
+    path = stress_record([ramp], command).save(args.out / f"{stamp}-stress-{args.mode}.json")
     image = report.stress_plot([ramp], args.out / "img" / f"{stamp}-stress-{args.mode}.png")
     md = path.with_suffix(".md")
     md.write_text(
@@ -247,6 +297,11 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
             print(exc)
             skipped.append(str(exc))
             continue
+        except target.TargetError as exc:
+            # One target that cannot start must not cost the others' results: say so in the report.
+            print(f"{name} failed to start: {exc}")
+            skipped.append(f"{name} failed to start: {_first_line(exc)}")
+            continue
         print(f"== {server.name}", flush=True)
         try:
             scenario = scenarios.by_name(
@@ -263,8 +318,14 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
                         server, scenario, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step
                     )
                 )
+        except runner.RunError as exc:
+            print(f"{name} failed: {exc}")
+            skipped.append(f"{name} failed during the run: {_first_line(exc)}")
         finally:
             server.stop()
+    if not results:
+        print("no target produced a result", file=sys.stderr)
+        return 1
     stem = f"{stamp}-peers-{args.scenario}"
     md = write(results, args.out, stem, command)
     extra = ["", "## Ratios (ours / peer)", "", ratio_table(results, ramps)]
@@ -282,11 +343,25 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
             "",
             steps_table(ramps),
         ]
-        (args.out / f"{stem}-stress.json").write_bytes(msgspec.json.format(msgspec.json.encode(ramps), indent=2))
+        stress_record(ramps, command).save(args.out / f"{stem}-stress.json")
     extra += [f"\n- {s}" for s in skipped]
     md.write_text(md.read_text() + "\n".join(extra) + "\n")
     print("\n".join(extra))
     return 0
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def stress_record(ramps: list[dict[str, Any]], command: str) -> StressRecord:
+    return StressRecord(
+        command=command,
+        git_commit=git_commit(),
+        machine=machine(),
+        started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        ramps=ramps,
+    )
 
 
 def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:

@@ -4,6 +4,10 @@ A metric regresses when it moves the wrong way by more than the noise threshold 
 repeated runs of the same scenario on this 2-core machine vary by a few percent in throughput and by more in tail
 latency, so smaller moves are not called regressions. Loss and duplication have no threshold: any message lost
 or duplicated where there was none before is a regression.
+
+Two stress records (``run stress``, ``peers --stress``) compare each target's maximum sustainable msgs/s and
+deliveries/s with the same threshold; a ramp step is x1.5, so a lost step always shows. A target missing from
+NEW is a regression too.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from bench.result import Result
+from bench.result import Result, StressRecord
 
 # (label, how to read it, higher is better?)
 METRICS: list[tuple[str, Callable[[Result], float], bool]] = [
@@ -42,4 +46,29 @@ def compare(old: Result, new: Result, threshold: float = 0.10) -> tuple[str, lis
             regressed.append(label)
         mark = "  REGRESSED" if bad else ""
         lines.append(f"{label:<18}{a:>14,.2f}{b:>14,.2f}{change:>+10.1%}{mark}")
+    return "\n".join(lines), regressed
+
+
+STRESS_METRICS = ("max_sustainable_msgs_per_s", "max_sustainable_deliveries_per_s")
+
+
+def compare_stress(old: StressRecord, new: StressRecord, threshold: float = 0.10) -> tuple[str, list[str]]:
+    """Per target, the maximum sustainable rates; the (target: metric) names that regressed."""
+    lines = [f"{'target':<26}{'metric':<34}{'old':>14}{'new':>14}{'change':>10}", "-" * 98]
+    regressed = []
+    after = {str(r["target"]): r for r in new.ramps}
+    for ramp in old.ramps:
+        name = str(ramp["target"])
+        if name not in after:
+            regressed.append(f"{name}: missing")
+            lines.append(f"{name:<26}missing from NEW  REGRESSED")
+            continue
+        for metric in STRESS_METRICS:
+            a, b = float(ramp[metric]), float(after[name][metric])
+            change = (b - a) / a if a else 0.0
+            bad = -change > threshold or (a > 0 and b == 0)
+            if bad:
+                regressed.append(f"{name}: {metric}")
+            mark = "  REGRESSED" if bad else ""
+            lines.append(f"{name:<26}{metric:<34}{a:>14,.0f}{b:>14,.0f}{change:>+10.1%}{mark}")
     return "\n".join(lines), regressed

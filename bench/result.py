@@ -44,6 +44,34 @@ class Result(msgspec.Struct, kw_only=True):
         return path
 
 
+class StressRecord(msgspec.Struct, kw_only=True):
+    """The versioned result of stress ramps (``run stress``, ``peers --stress``): one ramp per target."""
+
+    schema: int = SCHEMA
+    kind: str = "stress"
+    command: str = ""
+    git_commit: str = ""
+    machine: dict[str, Any] = {}
+    started_at: str = ""
+    # Each: target, server (its settings), shape, p99_bound_ms, steps, max_sustainable_*, limited_by, ...
+    ramps: list[dict[str, Any]] = []
+
+    def save(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(msgspec.json.format(msgspec.json.encode(self), indent=2))
+        return path
+
+
+def load_any(path: Path) -> Result | StressRecord:
+    """A run's result or a stress record (also the unversioned list of ramps that early runs wrote)."""
+    raw = _null_to_nan(msgspec.json.decode(path.read_bytes()))
+    if isinstance(raw, list):
+        return StressRecord(ramps=raw)
+    if isinstance(raw, dict) and raw.get("kind") == "stress":
+        return msgspec.convert(raw, type=StressRecord)
+    return msgspec.convert(raw, type=Result)
+
+
 def load(path: Path) -> Result:
     """JSON has no NaN: msgspec writes a missing value (an empty second's p99, say) as null; read it back as NaN."""
     return msgspec.convert(_null_to_nan(msgspec.json.decode(path.read_bytes())), type=Result)

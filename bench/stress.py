@@ -25,11 +25,16 @@ KEEP_UP = 0.97  # acked/offered below this: the server (or the client) is fallin
 # The first step asks for this many deliveries/s: low enough that every peer passes it, so a ramp never ends at
 # step one by starting too high; x1.5 per step reaches a million deliveries/s in 13 steps.
 START_DELIVERIES_PER_S = 5000.0
+# Seconds of load per step (``--duration`` sets it): long enough for a p99 of a few thousand deliveries.
+STEP_S = 8.0
 # If even the first step fails, step down this many times (to ~9% of it) looking for a rate that passes.
 MAX_STEPS_DOWN = 6
 # The verdict of a step whose load generator saturated its core: the ramp ends there, and the maximum it
 # found is a lower bound of the server's (the server was not what failed).
 CLIENT_BOUND = "client-bound"
+# ... unless the server's core was as busy as the client's (max of its per-second samples, % of one core):
+# then either could have failed the step, and the ramp must not call the maximum a lower bound.
+SERVER_SATURATED_PERCENT = 90.0
 
 
 def scaled(base: Scenario, rate: float, duration: float) -> Scenario:
@@ -62,9 +67,17 @@ def sustainable(result: Result, p99_bound_ms: float) -> tuple[bool, str]:
         why = f"p99 {p99:,.0f} ms > {p99_bound_ms:g} ms"
     if result.client_bound:
         # A saturated client only adds latency: a step that passes anyway passed; one that fails may have
-        # failed on the client, so the ramp ends there without blaming the server.
-        return (False, CLIENT_BOUND) if why else (True, "ok (client-bound)")
+        # failed on the client, so the ramp ends there without blaming the server, unless it was saturated too.
+        if not why:
+            return True, "ok (client-bound)"
+        if _server_cpu(result) < SERVER_SATURATED_PERCENT:
+            return False, CLIENT_BOUND
+        return False, f"{why} (server and client saturated)"
     return (False, why) if why else (True, "ok")
+
+
+def _server_cpu(result: Result) -> float:
+    return max((s["cpu_percent"] for s in result.server_resources), default=0.0)
 
 
 def ramp(
@@ -73,7 +86,7 @@ def ramp(
     *,
     start: float | None = None,
     factor: float = 1.5,
-    step_s: float = 8,
+    step_s: float = STEP_S,
     p99_bound_ms: float = 100,
     max_steps: int = 16,
     on_step: Callable[[dict[str, Any]], None] | None = None,
@@ -96,7 +109,7 @@ def ramp(
             "p99_ms": result.delivery_latency_ms["p99"],
             "lost": result.counts["lost"],
             "slow_consumer_disconnects": result.server_metrics.get("slow_consumer_disconnects_total", 0.0),
-            "server_cpu_percent": max((s["cpu_percent"] for s in result.server_resources), default=0.0),
+            "server_cpu_percent": _server_cpu(result),
             "client_cpu_percent": max(result.client_cpu_percent, default=0.0),
             "errors": len(result.errors),
         }
@@ -116,6 +129,9 @@ def ramp(
         rate /= factor
     return {
         "target": target.name,
+        "server": {"name": target.name, "url": target.url, **target.settings, "persists": target.persists},
+        "factor": factor,
+        "step_s": step_s,
         "shape": base.name,
         "p99_bound_ms": p99_bound_ms,
         "steps": steps,

@@ -82,6 +82,11 @@ def pin_prefix(cores: list[int]) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cores))] if shutil.which("taskset") else []
 
 
+def pinned_cores(cores: list[int]) -> list[int] | None:
+    """What a result records as the server's cores: None when there is no taskset to pin with."""
+    return cores if pin_prefix(cores) else None
+
+
 def start_ours(mode: str, *, extra_args: list[str] | None = None) -> Target:
     """``python -m server`` on a free port with a fresh temporary database, pinned with taskset."""
     workdir = tempfile.mkdtemp(prefix="minitalk-bench-")
@@ -109,7 +114,7 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None) -> Target:
     settings: dict[str, object] = {
         "delivery_mode": mode,
         "database": "sqlite (temporary file)",
-        "pinned_cores": cores,
+        "pinned_cores": pinned_cores(cores),
         "args": args[3:],
     }
     return Target(

@@ -32,7 +32,15 @@ def test_first_step_asks_the_same_deliveries_whatever_the_room_sizes() -> None:
     assert first_rate(by_name("fanout", duration=5)) == pytest.approx(5.0)  # 1000 members
 
 
-def _result(*, lost: int = 0, duplicated: int = 0, acked: float = 1000, p99: float = 10, bound: bool = False) -> Result:
+def _result(
+    *,
+    lost: int = 0,
+    duplicated: int = 0,
+    acked: float = 1000,
+    p99: float = 10,
+    bound: bool = False,
+    server_cpu: float = 50,
+) -> Result:
     return Result(
         scenario="stress",
         description="",
@@ -46,7 +54,7 @@ def _result(*, lost: int = 0, duplicated: int = 0, acked: float = 1000, p99: flo
         delivery_latency_ms={"p50": p99 / 2, "p99": p99},
         ack_latency_ms={},
         timeline=[],
-        server_resources=[],
+        server_resources=[{"t": 1.0, "cpu_percent": server_cpu, "rss_mb": 50.0}],
         server_metrics={},
         client_cpu_percent=[],
         client_bound=bound,
@@ -65,6 +73,10 @@ def test_a_step_is_sustainable_only_if_nothing_is_lost_it_keeps_up_and_p99_holds
     assert sustainable(_result(bound=True, p99=500), 100) == (False, "client-bound")
     assert sustainable(_result(bound=True, acked=900), 100) == (False, "client-bound")
     assert sustainable(_result(bound=True, lost=1), 100) == (False, "1 lost, 0 duplicated")
+    # Both saturated: the client cannot take the blame alone, so the step fails as the server's.
+    both = _result(bound=True, p99=500, server_cpu=99)
+    assert sustainable(both, 100) == (False, "p99 500 ms > 100 ms (server and client saturated)")
+    assert sustainable(_result(bound=True, server_cpu=99), 100) == (True, "ok (client-bound)")
 
 
 class _FakeServer:
@@ -78,6 +90,7 @@ class _FakeServer:
         rate = scenario.offered_rate
         self.rates.append(rate)
         result = _result(p99=50 if rate <= self.limit else 500)
+        result.throughput["acked_msgs_per_s"] = rate
         result.throughput["deliveries_per_s"] = scenario.expected_deliveries_per_s
         return result
 
@@ -87,7 +100,9 @@ def test_the_ramp_climbs_until_a_step_fails(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr("bench.stress.runner.run", fake.run)
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
     assert fake.rates == pytest.approx([1000, 1500, 2250, 3375])
-    assert out["max_sustainable_msgs_per_s"] == 1000.0  # the fake's acked figure; the rate passed was 2250
+    assert out["max_sustainable_msgs_per_s"] == pytest.approx(2250)  # the last step that passed
+    per_message = by_name("quick").expected_deliveries_per_s / by_name("quick").offered_rate
+    assert out["max_sustainable_deliveries_per_s"] == pytest.approx(per_message * 2250)
     assert out["limited_by"].startswith("3,375 msg/s: p99 500 ms")
 
 
@@ -132,7 +147,7 @@ def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.Mo
     assert [step["why"] for step in out["steps"]] == ["ok", "ok (client-bound)", "client-bound"]
     assert out["client_bound"] and out["limited_by"] == "2,250 msg/s: client-bound"
     table = stress_table([out])
-    assert "| ≥ 1,000 |" in table and "the server's maximum is at least this" in table
+    assert "| ≥ 1,500 |" in table and "the server's maximum is at least this" in table
     peer = {**out, "client_bound": False}
     assert _ratio(out, peer, "max_sustainable_msgs_per_s") == "≥ 1.0x"
     assert _ratio(peer, out, "max_sustainable_msgs_per_s") == "≤ 1.0x"

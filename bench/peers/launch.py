@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -11,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.target import ROOT, Target, TargetError, pin_prefix, server_cores
+from bench.target import ROOT, Target, TargetError, pin_prefix, pinned_cores, server_cores
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 PEERS = ("python-socketio", "node-socket.io")
@@ -23,6 +24,11 @@ class PeerUnavailable(RuntimeError):
 
 def start_peer(name: str) -> Target:
     if name == "python-socketio":
+        missing = [m for m in ("uvicorn", "socketio") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise PeerUnavailable(
+                f"python-socketio skipped: {', '.join(missing)} not installed (pip install -e '.[bench]')"
+            )
         return _start(
             name,
             [
@@ -91,7 +97,7 @@ def _start(
                 name,
                 f"http://127.0.0.1:{match.group(1)}",
                 pid=proc.pid,
-                settings={**settings, "pinned_cores": cores},
+                settings={**settings, "pinned_cores": pinned_cores(cores)},
                 proc=proc,
                 workdir=workdir,
                 persists=False,
