@@ -1,4 +1,5 @@
-"""The live view (rich): per second, sent and acked rate, deliveries, p99, deliveries outstanding, server CPU."""
+"""The live view (rich): per second, sent and acked rate, deliveries, p99, deliveries outstanding, server CPU
+and (ours) event-loop lag."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from bench.scenarios import Scenario
 
 
 class _Second:
-    __slots__ = ("acked", "cpu", "delivered", "outstanding", "p99", "sent")
+    __slots__ = ("acked", "cpu", "delivered", "lag", "outstanding", "p99", "sent")
 
     def __init__(self) -> None:
         self.sent = self.acked = self.delivered = 0
         self.p99 = float("nan")
         self.outstanding = 0.0
         self.cpu = float("nan")
+        self.lag = float("nan")
 
 
 class LiveView:
@@ -60,12 +62,23 @@ class LiveView:
 
     def server_sample(self, sample: dict[str, float]) -> None:
         second = max(1, math.ceil(sample["t"]))
-        self._seconds.setdefault(second, _Second()).cpu = sample["cpu_percent"]
+        row = self._seconds.setdefault(second, _Second())
+        row.cpu = sample["cpu_percent"]
+        row.lag = sample.get("loop_lag_ms", float("nan"))  # only our server has /metrics
         self._live.update(self._table())
 
     def _table(self) -> Table:
         table = Table(title=self._title)
-        for column in ("second", "sent/s", "acked/s", "deliveries/s", "p99 ms", "outstanding", "server CPU %"):
+        for column in (
+            "second",
+            "sent/s",
+            "acked/s",
+            "deliveries/s",
+            "p99 ms",
+            "outstanding",
+            "server CPU %",
+            "loop lag ms",
+        ):
             table.add_column(column, justify="right")
         for second in sorted(self._seconds)[-10:]:
             row = self._seconds[second]
@@ -77,5 +90,6 @@ class LiveView:
                 "-" if math.isnan(row.p99) else f"{row.p99:,.1f}",
                 f"{row.outstanding:,.0f}",
                 "-" if math.isnan(row.cpu) else f"{row.cpu:,.0f}",
+                "-" if math.isnan(row.lag) else f"{row.lag:,.1f}",
             )
         return table

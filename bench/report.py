@@ -66,7 +66,27 @@ def plots(result: Result, directory: Path, stem: str) -> list[Path]:
         fig.legend(loc="upper right", fontsize=8)
         ax.set_title(f"{result.scenario} — {result.server['name']}: server CPU and memory")
         made.append(_save(fig, directory / f"{stem}-server.png"))
+    internals = [s for s in result.server_resources if "loop_lag_ms" in s]
+    if internals:  # our server's /metrics, scraped each second (the peers have none)
+        made.append(_internals_plot(result, internals, directory / f"{stem}-internals.png"))
     return made
+
+
+def _internals_plot(result: Result, internals: list[dict[str, float]], path: Path) -> Path:
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    ts = [s["t"] for s in internals]
+    top.plot(ts, [s["loop_lag_ms"] for s in internals], label="event-loop lag ms (mean of the second)")
+    top.plot(ts, [s.get("commit_ms", math.nan) for s in internals], label="commit ms (mean of the second)")
+    top.set_ylabel("ms")
+    bottom.plot(ts, [s["outbox_mb"] for s in internals], label="websocket outboxes MB")
+    bottom.set_ylabel("MB")
+    queue = bottom.twinx()
+    queue.plot(ts, [s["ingest_queue"] for s in internals], color="tab:red", label="ingest queue (messages)")
+    queue.set_ylabel("messages")
+    bottom.set_xlabel("second")
+    fig.legend(loc="lower right", fontsize=8)
+    top.set_title(f"{result.scenario} — {result.server['name']}: server internals (/metrics each second)")
+    return _save(fig, path)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -134,6 +154,10 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         ("server CPU % (mean)", lambda r: _mean(r.server_resources, "cpu_percent")),
         ("server RSS MB (max)", lambda r: max((s["rss_mb"] for s in r.server_resources), default=float("nan"))),
         ("client CPU % (max worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
+        # Ours only (from /metrics each second); n/a for the peers.
+        ("server outbox MB (max)", _peak("outbox_mb")),
+        ("server ingest queue (max)", _peak("ingest_queue")),
+        ("event-loop lag ms (worst second)", _peak("loop_lag_ms")),
     ]
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results) + " |")
@@ -171,6 +195,10 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
 
 def _latency(field: str, key: str) -> Callable[[Result], float]:
     return lambda r: float(getattr(r, field)[key])
+
+
+def _peak(key: str) -> Callable[[Result], float]:
+    return lambda r: max((s[key] for s in r.server_resources if key in s), default=float("nan"))
 
 
 def _mean(samples: list[dict[str, float]], key: str) -> float:

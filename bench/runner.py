@@ -156,7 +156,51 @@ def _drive(
             raise RunError(payload)
         ready += 1
     sampler = Sampler(target)
-    metrics_before = sampler.scrape()
+    try:
+        metrics_before = sampler.scrape()
+        reports, errors, profile_note = _collect(
+            scenario,
+            target,
+            sampler,
+            workers=len(plans),
+            results=results,
+            start=(start_event, start_at),
+            on_second=on_second,
+            on_tick=on_tick,
+            profile_to=profile_to,
+        )
+        metrics_after = sampler.scrape()
+    finally:
+        sampler.close()
+    result = _result(
+        scenario,
+        target,
+        reports,
+        errors=errors,
+        sampler=sampler,
+        before=metrics_before,
+        after=metrics_after,
+        started_at=started_at,
+    )
+    if profile_note is not None:
+        result.notes.append(profile_note)
+    return result
+
+
+def _collect(
+    scenario: Scenario,
+    target: Target,
+    sampler: Sampler,
+    *,
+    workers: int,
+    results: Any,
+    start: tuple[Any, Any],
+    on_second: Callable[[dict[str, float]], None] | None,
+    on_tick: Callable[[Any], None] | None,
+    profile_to: Path | None,
+) -> tuple[list[worker.WorkerReport], list[str], str | None]:
+    """Start the workers' clocks; sample the server each second until every worker reported or failed."""
+    start_event, start_at = start
     begin = time.monotonic() + 0.5
     start_at.value = begin
     start_event.set()
@@ -164,7 +208,7 @@ def _drive(
     reports: list[worker.WorkerReport] = []
     errors: list[str] = []
     next_sample = begin
-    while len(reports) + len(errors) < len(plans):
+    while len(reports) + len(errors) < workers:
         now = time.monotonic()
         if now >= next_sample:  # sample on the second, whether or not workers are talking
             t = now - begin
@@ -187,20 +231,7 @@ def _drive(
         elif kind == "error":
             errors.append(payload)
     profile_note = _finish_profiler(profiler, profile_to, scenario.duration)
-    metrics_after = sampler.scrape()
-    result = _result(
-        scenario,
-        target,
-        reports,
-        errors=errors,
-        sampler=sampler,
-        before=metrics_before,
-        after=metrics_after,
-        started_at=started_at,
-    )
-    if profile_note is not None:
-        result.notes.append(profile_note)
-    return result
+    return reports, errors, profile_note
 
 
 def _get(results: Any, timeout: float) -> tuple[str, Any]:

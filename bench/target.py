@@ -146,7 +146,12 @@ def external(url: str, pid: int | None = None) -> Target:
 
 
 class Sampler:
-    """Server CPU % and RSS once a second (psutil), and our /metrics when the server has them."""
+    """Server CPU % and RSS once a second (psutil) and, when the server has our /metrics, its internals that
+    second: outbox bytes and ingest queue depth (gauges at the scrape), and from the histograms' deltas the mean
+    event-loop lag, batch size and commit time over the second."""
+
+    # A per-second scrape must not stall the sampling loop when the server is saturated: skip that second.
+    SECOND_SCRAPE_TIMEOUT_S = 0.3
 
     def __init__(self, target: Target) -> None:
         self._target = target
@@ -155,6 +160,12 @@ class Sampler:
             self._process.cpu_percent(None)
         self.samples: list[dict[str, float]] = []
         self.metrics_text = ""
+        self._http = httpx.Client(base_url=target.url)
+        self._has_metrics = True  # until a scrape says otherwise (the peers have no /metrics)
+        self._last: dict[str, float] = {}
+
+    def close(self) -> None:
+        self._http.close()
 
     def sample(self, t: float) -> None:
         if self._process is None:
@@ -165,11 +176,41 @@ class Sampler:
                 rss = self._process.memory_info().rss / 2**20
         except psutil.Error:
             return
-        self.samples.append({"t": round(t, 2), "cpu_percent": cpu, "rss_mb": round(rss, 1)})
+        sample = {"t": round(t, 2), "cpu_percent": cpu, "rss_mb": round(rss, 1)}
+        if self._has_metrics:
+            sample |= self._internals()
+        self.samples.append(sample)
+
+    def _internals(self) -> dict[str, float]:
+        now = self._get(self.SECOND_SCRAPE_TIMEOUT_S)
+        if not now:
+            return {}
+        before, self._last = self._last, now
+        out = {
+            "outbox_mb": round(now.get("minitalk_outbox_bytes", 0.0) / 2**20, 3),
+            "ingest_queue": now.get("minitalk_ingest_queue", 0.0),
+        }
+        if not before:
+            return out
+        for name, key, scale in (
+            ("loop_lag_ms", "minitalk_event_loop_lag", 1000.0),
+            ("batch_size", "minitalk_batch_size", 1.0),
+            ("commit_ms", "minitalk_commit_seconds", 1000.0),
+        ):
+            count = now.get(f"{key}_count", 0.0) - before.get(f"{key}_count", 0.0)
+            if count > 0:
+                out[name] = round((now.get(f"{key}_sum", 0.0) - before.get(f"{key}_sum", 0.0)) / count * scale, 3)
+        return out
 
     def scrape(self) -> dict[str, float]:
+        values = self._get(5.0)
+        self._has_metrics = bool(values)
+        self._last = values
+        return values
+
+    def _get(self, timeout: float) -> dict[str, float]:
         try:
-            r = httpx.get(self._target.url + "/metrics", timeout=5)
+            r = self._http.get("/metrics", timeout=timeout)
         except httpx.HTTPError:
             return {}
         if r.status_code != 200:

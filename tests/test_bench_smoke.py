@@ -43,6 +43,9 @@ def test_smoke_run_counts_add_up(smoke_result: Path) -> None:
     assert data["machine"]["cores"] >= 1 and data["git_commit"]
     assert data["delivery_latency_ms"]["p50"] > 0 and data["timeline"]
     assert data["server_resources"], "the server's CPU and RSS were sampled"
+    # ... and its /metrics each second: a loop lag every second, batch and commit means once messages flowed
+    assert all("loop_lag_ms" in s and "outbox_mb" in s for s in data["server_resources"])
+    assert any(s.get("batch_size", 0) >= 1 and s.get("commit_ms", 0) > 0 for s in data["server_resources"])
     assert data["server_metrics"]["messages_accepted_total"] == 180
     assert data["parameters"]["polling_members"] == 1
 
@@ -50,8 +53,15 @@ def test_smoke_run_counts_add_up(smoke_result: Path) -> None:
 def test_smoke_run_writes_a_report_with_plots(smoke_result: Path) -> None:
     report = smoke_result.with_suffix(".md").read_text()
     assert "| lost | 0 |" in report and "| delivered | 480 |" in report
+    assert "| event-loop lag ms (worst second) |" in report
     images = list((smoke_result.parent / "img").glob("*.png"))
-    assert len(images) == 4
+    assert {p.stem.rsplit("-", 1)[1] for p in images} == {
+        "throughput",
+        "latency",
+        "distribution",
+        "server",
+        "internals",
+    }
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in images)
 
 
