@@ -36,14 +36,19 @@ class RunError(RuntimeError):
     pass
 
 
+# Users and rooms per setup request: well under the server's max_batch_items, small enough for any peer.
+BATCH = 500
+
+
 def setup(target: Target, scenario: Scenario) -> tuple[list[str], list[str]]:
-    """Users (signup-batch, login-batch) and rooms (one POST each, creator first): tokens and room ids."""
+    """Users and rooms through the batch routes (signup-batch, login-batch, chatrooms-batch: one batch of rooms per
+    creator, the first member of each room): tokens and room ids."""
     tag = f"{int(time.time()) % 100000:05d}"
     creds = [{"username": f"bench{tag}_{i}", "password": f"password{i}_2024"} for i in range(scenario.users)]
     with httpx.Client(base_url=target.url, timeout=300) as http:
         tokens: list[str] = []
-        for start in range(0, len(creds), 500):
-            chunk = creds[start : start + 500]
+        for start in range(0, len(creds), BATCH):
+            chunk = creds[start : start + BATCH]
             r = http.post("/api/auth/signup-batch", json={"users": chunk})
             if r.status_code != 201:
                 raise RunError(f"signup-batch: {r.status_code} {r.text[:200]}")
@@ -51,13 +56,27 @@ def setup(target: Target, scenario: Scenario) -> tuple[list[str], list[str]]:
             if r.status_code != 200 or len(r.json()["results"]) != len(chunk):
                 raise RunError(f"login-batch: {r.status_code} {r.text[:200]}")
             tokens += [entry["token"] for entry in r.json()["results"]]
-        room_ids: list[str] = []
-        for members in scenario.rooms:
-            body = {"name": f"bench {len(room_ids)} 🎆", "participants": [creds[m]["username"] for m in members[1:]]}
-            r = http.post("/api/chatrooms", json=body, headers={"Authorization": f"Bearer {tokens[members[0]]}"})
-            if r.status_code != 201:
-                raise RunError(f"create room: {r.status_code} {r.text[:200]}")
-            room_ids.append(r.json()["roomId"])
+        by_creator: dict[int, list[int]] = {}
+        for index, members in enumerate(scenario.rooms):
+            by_creator.setdefault(members[0], []).append(index)
+        room_ids = [""] * len(scenario.rooms)
+        for creator, indexes in by_creator.items():
+            for start in range(0, len(indexes), BATCH):
+                chunk_ix = indexes[start : start + BATCH]
+                rooms = [
+                    {"name": f"bench {i} 🎆", "participants": [creds[m]["username"] for m in scenario.rooms[i][1:]]}
+                    for i in chunk_ix
+                ]
+                r = http.post(
+                    "/api/chatrooms-batch",
+                    json={"rooms": rooms},
+                    headers={"Authorization": f"Bearer {tokens[creator]}"},
+                )
+                created = r.json().get("created", []) if r.status_code == 201 else []
+                if len(created) != len(chunk_ix):  # "created" is in input order (contract §2, route 7)
+                    raise RunError(f"chatrooms-batch: {r.status_code} {r.text[:200]}")
+                for i, room in zip(chunk_ix, created, strict=True):
+                    room_ids[i] = room["roomId"]
     return tokens, room_ids
 
 

@@ -1,7 +1,7 @@
 """Peer (a): MinitalkChat's chat events on python-socketio's ``AsyncServer`` under uvicorn, the idiomatic way.
 
 In-memory users and rooms, nothing persisted. Only what the benchmark uses: REST signup-batch, login-batch,
-POST /api/chatrooms and /health; Socket.IO auth by ``?token=``, auto-join on connect, join_room, leave_room,
+POST /api/chatrooms-batch and /health; Socket.IO auth by ``?token=``, auto-join on connect, join_room, leave_room,
 send_message (membership check, broadcast to the room including the sender, and an ack when asked). Run with
 ``uvicorn bench.peers.pysio_server:app``.
 """
@@ -82,6 +82,15 @@ async def leave_room(sid: str, data: Any) -> None:
         await sio.emit("left_room", {"roomId": data.get("roomId")}, to=sid)
 
 
+def _create_room(creator: str, name: str, others: list[str]) -> dict[str, Any]:
+    participants = list(dict.fromkeys([creator, *others]))
+    room_id = str(uuid.uuid4())
+    rooms[room_id] = {"roomId": room_id, "name": name, "participants": set(participants)}
+    for member in participants:
+        rooms_of.setdefault(member, set()).add(room_id)
+    return {"roomId": room_id, "name": name, "participants": participants}
+
+
 async def rest(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = b""
     while True:
@@ -112,15 +121,11 @@ def _route(method: str, path: str, body: bytes, headers: dict[bytes, bytes]) -> 
             if users.get(u["username"]) == u["password"]
         ]
         return 200, {"results": results, "errors": []}
-    if (method, path) == ("POST", "/api/chatrooms"):
+    if (method, path) == ("POST", "/api/chatrooms-batch"):
         token = headers.get(b"authorization", b"").decode().split(" ")[-1]
         creator = jwt.decode(token, SECRET, algorithms=["HS256"])["username"]
-        participants = list(dict.fromkeys([creator, *data.get("participants", [])]))
-        room_id = str(uuid.uuid4())
-        rooms[room_id] = {"roomId": room_id, "name": data["name"], "participants": set(participants)}
-        for name in participants:
-            rooms_of.setdefault(name, set()).add(room_id)
-        return 201, {"roomId": room_id, "name": data["name"], "participants": participants}
+        created = [_create_room(creator, room["name"], room.get("participants", [])) for room in data["rooms"]]
+        return 201, {"message": f"{len(created)} rooms created", "created": created, "errors": []}
     return 404, {"error": f"Cannot {method} {path}"}
 
 

@@ -1,6 +1,6 @@
 // Peer (b): MinitalkChat's chat events on Node's socket.io 4.8 (the original's library), the idiomatic way.
 // In-memory users and rooms, nothing persisted. Only what the benchmark uses: REST signup-batch, login-batch,
-// POST /api/chatrooms and /health; Socket.IO auth by ?token=, auto-join on connect, join_room, leave_room,
+// POST /api/chatrooms-batch and /health; Socket.IO auth by ?token=, auto-join on connect, join_room, leave_room,
 // send_message (membership check, io.to(room) broadcast including the sender, ack when asked).
 // Usage: node server.js  (PORT=0 picks a free port; the chosen port is printed as "listening on <port>")
 const http = require("http");
@@ -32,16 +32,20 @@ app.post("/api/auth/login-batch", (req, res) => {
     .map((u) => ({ username: u.username, token: jwt.sign({ username: u.username }, SECRET) }));
   res.json({ results, errors: [] });
 });
-app.post("/api/chatrooms", (req, res) => {
-  const creator = jwt.verify((req.headers.authorization || "").split(" ")[1], SECRET).username;
-  const participants = [...new Set([creator, ...(req.body.participants || [])])];
+function createRoom(creator, name, others) {
+  const participants = [...new Set([creator, ...(others || [])])];
   const roomId = require("crypto").randomUUID();
-  rooms.set(roomId, { roomId, name: req.body.name, participants: new Set(participants) });
-  for (const name of participants) {
-    if (!roomsOf.has(name)) roomsOf.set(name, new Set());
-    roomsOf.get(name).add(roomId);
+  rooms.set(roomId, { roomId, name, participants: new Set(participants) });
+  for (const member of participants) {
+    if (!roomsOf.has(member)) roomsOf.set(member, new Set());
+    roomsOf.get(member).add(roomId);
   }
-  res.status(201).json({ roomId, name: req.body.name, participants });
+  return { roomId, name, participants };
+}
+app.post("/api/chatrooms-batch", (req, res) => {
+  const creator = jwt.verify((req.headers.authorization || "").split(" ")[1], SECRET).username;
+  const created = req.body.rooms.map((room) => createRoom(creator, room.name, room.participants));
+  res.status(201).json({ message: `${created.length} rooms created`, created, errors: [] });
 });
 
 const server = http.createServer(app);
