@@ -253,17 +253,17 @@ def stress_table(ramps: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in ramps:
-        at_least = "≥ " if r.get("client_bound") else ""
+        at_least = "≥ " if stress.lower_bound(r) else ""
         lines.append(
             f"| {r['target']} | {r.get('shape', 'quick')} | {at_least}{r['max_sustainable_msgs_per_s']:,.0f}"
             f" | {at_least}{r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f}"
             f" | {r['limited_by']} |"
         )
-    if any(r.get("client_bound") for r in ramps):
+    if any(stress.lower_bound(r) for r in ramps):
         lines += [
             "",
-            "≥: the ramp ended on a client-bound step (the load generator saturated its core), not on the server;"
-            " the server's maximum is at least this.",
+            "≥: the ramp ended on a client-bound step (the load generator saturated its core) or ran out of"
+            " steps, not on a step the server failed; the server's maximum is at least this.",
         ]
     return "\n".join(lines)
 
@@ -390,9 +390,10 @@ def _ratio(ours: dict[str, Any] | None, peer: dict[str, Any] | None, key: str) -
     if not ours or not peer:
         return "(run with --stress)"
     a, b = float(ours[key]), float(peer[key])
-    # A client-bound maximum is a lower bound: ours only → the ratio is at least this; the peer's → at most.
+    # A lower-bound maximum (client-bound, or out of steps): ours only → the ratio is at least this; the peer's →
+    # at most; both → neither.
     bound = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "~ "}.get(
-        (bool(ours.get("client_bound")), bool(peer.get("client_bound"))), ""
+        (stress.lower_bound(ours), stress.lower_bound(peer)), ""
     )
     return f"{bound}{a / b:,.1f}x" if b else "∞ (peer sustained none)"
 

@@ -10,7 +10,15 @@ import pytest
 from bench.__main__ import _ratio, stress_table
 from bench.result import Result
 from bench.scenarios import Scenario, by_name
-from bench.stress import MAX_STEPS_DOWN, START_DELIVERIES_PER_S, first_rate, ramp, scaled, sustainable
+from bench.stress import (
+    MAX_STEPS_DOWN,
+    START_DELIVERIES_PER_S,
+    first_rate,
+    lower_bound,
+    ramp,
+    scaled,
+    sustainable,
+)
 from bench.target import Target
 
 
@@ -123,6 +131,18 @@ def test_a_peer_that_never_passes_is_reported_as_sustaining_nothing(monkeypatch:
     assert out["max_sustainable_deliveries_per_s"] == 0.0
 
 
+def test_a_ramp_that_runs_out_of_steps_reports_a_lower_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServer(limit=1e12)
+    monkeypatch.setattr("bench.stress.runner.run", fake.run)
+    out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), max_steps=3)
+    assert len(fake.rates) == 3 and out["limited_by"] == "stopped after 3 steps"
+    assert out["lower_bound"] and not out["client_bound"]
+    assert f"| ≥ {fake.rates[-1]:,.0f} |" in stress_table([out])
+    legacy = {k: v for k, v in out.items() if k != "lower_bound"}  # records written before the field
+    assert lower_bound(legacy)
+    assert not lower_bound({**legacy, "limited_by": "3,375 msg/s: p99 500 ms > 100 ms"})
+
+
 def test_offered_counts_what_the_schedule_sends_also_at_fractional_rates() -> None:
     assert by_name("quick").scheduled_messages() == 59 * 1510  # 59 streams, floor(30 s x 2970/59 msg/s) each
     assert scaled(by_name("fanout", duration=5), 0.66, 8).scheduled_messages() == 5  # floor(8 x 0.66)
@@ -148,7 +168,7 @@ def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.Mo
     assert out["client_bound"] and out["limited_by"] == "2,250 msg/s: client-bound"
     table = stress_table([out])
     assert "| ≥ 1,500 |" in table and "the server's maximum is at least this" in table
-    peer = {**out, "client_bound": False}
+    peer = {**out, "client_bound": False, "lower_bound": False}
     assert _ratio(out, peer, "max_sustainable_msgs_per_s") == "≥ 1.0x"
     assert _ratio(peer, out, "max_sustainable_msgs_per_s") == "≤ 1.0x"
     assert _ratio(peer, peer, "max_sustainable_msgs_per_s") == "1.0x"
