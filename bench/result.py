@@ -38,10 +38,7 @@ class Result(msgspec.Struct, kw_only=True):
     churn: dict[str, float] = {}
 
     def save(self, directory: Path, stem: str) -> Path:
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{stem}.json"
-        path.write_bytes(msgspec.json.format(msgspec.json.encode(self), indent=2))
-        return path
+        return _write_json(directory / f"{stem}.json", self)
 
 
 class StressRecord(msgspec.Struct, kw_only=True):
@@ -57,14 +54,18 @@ class StressRecord(msgspec.Struct, kw_only=True):
     ramps: list[dict[str, Any]] = []
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(msgspec.json.format(msgspec.json.encode(self), indent=2))
-        return path
+        return _write_json(path, self)
+
+
+def _write_json(path: Path, record: Result | StressRecord) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.format(msgspec.json.encode(record), indent=2))
+    return path
 
 
 def load_any(path: Path) -> Result | StressRecord:
     """A run's result or a stress record (also the unversioned list of ramps that early runs wrote)."""
-    raw = _null_to_nan(msgspec.json.decode(path.read_bytes()))
+    raw = _read_json(path)
     if isinstance(raw, list):
         return StressRecord(ramps=raw)
     if isinstance(raw, dict) and raw.get("kind") == "stress":
@@ -74,7 +75,11 @@ def load_any(path: Path) -> Result | StressRecord:
 
 def load(path: Path) -> Result:
     """JSON has no NaN: msgspec writes a missing value (an empty second's p99, say) as null; read it back as NaN."""
-    return msgspec.convert(_null_to_nan(msgspec.json.decode(path.read_bytes())), type=Result)
+    return msgspec.convert(_read_json(path), type=Result)
+
+
+def _read_json(path: Path) -> Any:
+    return _null_to_nan(msgspec.json.decode(path.read_bytes()))
 
 
 def _null_to_nan(value: Any) -> Any:

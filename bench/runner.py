@@ -21,7 +21,7 @@ from bench.accounting import settle
 from bench.histogram import Histogram
 from bench.result import Result, git_commit, machine
 from bench.scenarios import Scenario
-from bench.target import Sampler, Target, server_cores
+from bench.target import Sampler, Target, histogram_means, server_cores
 
 # In a room bigger than this, this many members check every delivery (order, duplicates, loss, latency) and the
 # others only count deliveries (C-speed bytes.count): one client core can then absorb a 1000-member fan-out.
@@ -356,7 +356,7 @@ def _result(
             "workers": len(reports),
             "arithmetic": scenario.arithmetic,
         },
-        server={"name": target.name, "url": target.url, **target.settings, "persists": target.persists},
+        server=target.description(),
         git_commit=git_commit(),
         machine=machine(),
         started_at=started_at,
@@ -382,28 +382,14 @@ def _result(
         ack_latency_ms=ack.summary_ms(),
         timeline=_timeline(reports),
         server_resources=sampler.samples,
-        server_metrics={k.removeprefix("minitalk_"): v for k, v in delta.items()} | _derived(delta),
+        server_metrics={k.removeprefix("minitalk_"): v for k, v in delta.items()}
+        | {f"mean_{name}": mean for name, mean in histogram_means(before, after).items()},
         client_cpu_percent=client_cpu,
         churn=churn,
         client_bound=bool(notes and notes[0].startswith("client-bound")),
         errors=[e[:500] for rep in reports for e in rep.errors][:20] + errors,
         notes=notes,
     )
-
-
-def _derived(delta: dict[str, float]) -> dict[str, float]:
-    """Means the report can print without a Prometheus server: batch size, commit latency, loop lag."""
-    out = {}
-    for name, key in (
-        ("mean_batch_size", "minitalk_batch_size"),
-        ("mean_commit_ms", "minitalk_commit_seconds"),
-        ("mean_loop_lag_ms", "minitalk_event_loop_lag"),
-    ):
-        count = delta.get(f"{key}_count", 0.0)
-        if count:
-            scale = 1.0 if name == "mean_batch_size" else 1000.0
-            out[name] = round(delta.get(f"{key}_sum", 0.0) / count * scale, 3)
-    return out
 
 
 def _timeline(reports: list[worker.WorkerReport]) -> list[dict[str, float]]:

@@ -132,7 +132,7 @@ def ramp(
         rate /= factor
     return {
         "target": target.name,
-        "server": {"name": target.name, "url": target.url, **target.settings, "persists": target.persists},
+        "server": target.description(),
         "factor": factor,
         "step_s": step_s,
         "shape": base.name,

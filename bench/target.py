@@ -54,6 +54,10 @@ class Target:
         self._proc = proc
         self._workdir = workdir
 
+    def description(self) -> dict[str, object]:
+        """What a result records about the server: its name, URL, settings and whether it persists."""
+        return {"name": self.name, "url": self.url, **self.settings, "persists": self.persists}
+
     @property
     def host_port(self) -> tuple[str, int]:
         return check_loopback(self.url)
@@ -145,6 +149,24 @@ def external(url: str, pid: int | None = None) -> Target:
     return Target(f"server at {url}", url, pid=pid, settings={"external": True})
 
 
+# Our /metrics histograms whose mean the reports print: (name in results, histogram, scale to the unit).
+HISTOGRAM_MEANS = (
+    ("loop_lag_ms", "minitalk_event_loop_lag", 1000.0),
+    ("batch_size", "minitalk_batch_size", 1.0),
+    ("commit_ms", "minitalk_commit_seconds", 1000.0),
+)
+
+
+def histogram_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Each histogram's mean over the observations made between two scrapes (none observed: left out)."""
+    out = {}
+    for name, key, scale in HISTOGRAM_MEANS:
+        count = after.get(f"{key}_count", 0.0) - before.get(f"{key}_count", 0.0)
+        if count > 0:
+            out[name] = round((after.get(f"{key}_sum", 0.0) - before.get(f"{key}_sum", 0.0)) / count * scale, 3)
+    return out
+
+
 class Sampler:
     """Server CPU % and RSS once a second (psutil) and, when the server has our /metrics, its internals that
     second: outbox bytes and ingest queue depth (gauges at the scrape), and from the histograms' deltas the mean
@@ -190,17 +212,7 @@ class Sampler:
             "outbox_mb": round(now.get("minitalk_outbox_bytes", 0.0) / 2**20, 3),
             "ingest_queue": now.get("minitalk_ingest_queue", 0.0),
         }
-        if not before:
-            return out
-        for name, key, scale in (
-            ("loop_lag_ms", "minitalk_event_loop_lag", 1000.0),
-            ("batch_size", "minitalk_batch_size", 1.0),
-            ("commit_ms", "minitalk_commit_seconds", 1000.0),
-        ):
-            count = now.get(f"{key}_count", 0.0) - before.get(f"{key}_count", 0.0)
-            if count > 0:
-                out[name] = round((now.get(f"{key}_sum", 0.0) - before.get(f"{key}_sum", 0.0)) / count * scale, 3)
-        return out
+        return out | histogram_means(before, now) if before else out
 
     def scrape(self) -> dict[str, float]:
         values = self._get(5.0)

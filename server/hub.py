@@ -303,7 +303,7 @@ class Hub:
                 message = MessageOut(
                     "message", stored.room_id, stored.sender, stored.content, stored.timestamp, stored.id, stored.seq
                 )
-                outgoing.setdefault(stored.room_id, []).append(_MESSAGE_PREFIX + _encoder.encode(message) + b"]")
+                outgoing.setdefault(stored.room_id, []).append(_message_packet(message))
         for room_id, packets in outgoing.items():
             self.broadcast_many(room_id, packets)
             self.messages_broadcast += len(packets)
@@ -328,7 +328,7 @@ class Hub:
 
     # -- broadcast ---------------------------------------------------------------------------------
     def _broadcast_message(self, message: MessageOut) -> None:
-        self.broadcast(message.roomId, _MESSAGE_PREFIX + _encoder.encode(message) + b"]")
+        self.broadcast(message.roomId, _message_packet(message))
         self.messages_broadcast += 1  # exported at scrape time
 
     def broadcast(self, room_id: str, packet: bytes) -> int:
@@ -396,3 +396,8 @@ class Hub:
 
 _encoder = msgspec.json.Encoder()
 _MESSAGE_PREFIX = b'42["message",'
+
+
+def _message_packet(message: MessageOut) -> bytes:
+    """The Socket.IO EVENT packet ``42["message",{...}]`` for one message, encoded once for every member."""
+    return _MESSAGE_PREFIX + _encoder.encode(message) + b"]"
