@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from protocol.errors import SocketIOError
+
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 MAX_CLIENT_MSG_ID_BYTES = 128  # contract §8
@@ -69,15 +71,26 @@ _FAILED = {"send_message": ERR_SEND_FAILED, "join_room": ERR_JOIN_FAILED, "leave
 def decode_event(data: str | bytes) -> ClientEvent | Rejected | Ignored:
     """The JSON array of an EVENT packet → a typed event, a rejection with its error text, or Ignored.
 
-    Raises ``msgspec.DecodeError`` only when ``data`` is not JSON at all (a broken packet).
+    Raises :class:`SocketIOError` when ``data`` is not JSON at all (a broken packet), and for nothing else:
+    nesting too deep for the decoder (``RecursionError``, reached by ~1,000 ``[`` in under 2 KB) and bad
+    UTF-8 are broken packets too, never an exception that escapes the connection.
     """
     try:
         event = _decoder.decode(data)
     except msgspec.ValidationError:
-        return _classify(msgspec.json.decode(data))
+        return _classify(_decode_any(data))
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
+        raise SocketIOError(f"event is not JSON: {exc}") from None
     if isinstance(event, SendMessage) and event.data.clientMsgId is not None and not _id_fits(event.data.clientMsgId):
         return Rejected("send_message", ERR_CLIENT_MSG_ID)
     return event
+
+
+def _decode_any(data: str | bytes) -> Any:
+    try:
+        return msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError, UnicodeError) as exc:
+        raise SocketIOError(f"event is not JSON: {exc}") from None
 
 
 def _id_fits(client_msg_id: str) -> bool:

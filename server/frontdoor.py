@@ -9,7 +9,7 @@ does (contract §3.6-2), which wsproto's and h11's own upgrade checks would not.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import h11
 import trio
@@ -30,7 +30,15 @@ _BAD_REQUEST = (
 
 
 class FrontDoor:
-    def __init__(self, http: HttpHandoff, websocket: WebSocketEndpoint, *, socketio_path: str = "/socket.io") -> None:
+    def __init__(
+        self,
+        http: HttpHandoff,
+        websocket: WebSocketEndpoint,
+        *,
+        on_error: Callable[[BaseException], None],
+        socketio_path: str = "/socket.io",
+    ) -> None:
+        self._on_error = on_error
         self._http = http
         self._websocket = websocket
         self._path = socketio_path.rstrip("/").encode()
@@ -39,6 +47,15 @@ class FrontDoor:
         await trio.serve_listeners(self.handle, list(listeners), handler_nursery=handler_nursery)
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        """One accepted connection, behind the last error boundary: nothing it raises reaches the server."""
+        try:
+            await self._handle(stream)
+        except Exception as exc:
+            self._on_error(exc)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
         try:
             head = await self._read_head(stream)
         except (h11.RemoteProtocolError, UnicodeDecodeError):

@@ -147,6 +147,19 @@ class Hub:
         session.close_transport()
         log.debug("session %s closed: %s", session.sid, reason)
 
+    def connection_failed(self, session: Session | None, exc: BaseException, where: str) -> None:
+        """The error boundary of one connection: an unexpected exception ends that connection, nothing else.
+
+        Logged once with the session and user (the traceback is the bug report), counted, and the session
+        closed; the process and every other client carry on.
+        """
+        self.metrics.connection_errors.inc()
+        sid = session.sid if session is not None else "-"
+        user = session.user if session is not None else None
+        log.error("unexpected error in %s (session %s, user %s): closing it", where, sid, user, exc_info=exc)
+        if session is not None:
+            self.close_session(session, f"internal error: {type(exc).__name__}")
+
     def overflowed(self, session: Session, reason: str) -> None:
         # Called from inside a broadcast loop: close later, so the loop's set is not changed under it.
         self._doomed.append((session, reason))
@@ -223,7 +236,7 @@ class Hub:
     async def _on_event(self, session: Session, packet: socketio.SioPacket) -> None:
         try:
             event = decode_event(packet.data)
-        except msgspec.DecodeError:
+        except SocketIOError:
             self.close_session(session, "malformed JSON in an event")
             return
         if isinstance(event, SendMessage):

@@ -41,6 +41,11 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )
+        self.connection_errors = Counter(
+            "minitalk_connection_errors",
+            "connections closed because handling them raised an unexpected exception (each one logged)",
+            registry=r,
+        )
         self.outbox_bytes = Gauge("minitalk_outbox_bytes", "bytes waiting in websocket outboxes", registry=r)
         self.ingest_queue = Gauge("minitalk_ingest_queue", "messages waiting for the batcher", registry=r)
         self.loop_lag = Gauge("minitalk_event_loop_lag_seconds", "latest event-loop lag sample", registry=r)

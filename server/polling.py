@@ -54,11 +54,15 @@ def polling_routes(hub: Hub, metrics: Metrics) -> Blueprint:
         except (UnicodeDecodeError, EngineIOError) as exc:
             hub.close_session(session, f"bad polling payload: {exc}")
             return _error(3, "Bad request")
-        async with session.inbound:
-            for kind, payload in packets:
-                await hub.on_packet(session, kind, payload)
-                if session.closed:
-                    break
+        try:
+            async with session.inbound:
+                for kind, payload in packets:
+                    await hub.on_packet(session, kind, payload)
+                    if session.closed:
+                        break
+        except Exception as exc:  # one session's error boundary: its fault is its own problem
+            hub.connection_failed(session, exc, "polling request")
+            return _error(3, "Internal server error", 500)
         return Response(b"ok", content_type="text/html")
 
     async def handshake() -> Response:

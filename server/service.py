@@ -86,7 +86,11 @@ class MinitalkServer:
         services = Services(self.storage, self.registry, tokens, hasher, limits, config.max_body_bytes)
         app = create_app(services, extra=[polling_routes(self.hub, self.metrics)])
         self.http = HttpHandoff(app, _hypercorn_config(config))
-        self.front_door = FrontDoor(self.http, WebSocketEndpoint(self.hub))
+        self.front_door = FrontDoor(
+            self.http,
+            WebSocketEndpoint(self.hub),
+            on_error=lambda exc: self.hub.connection_failed(None, exc, "connection"),
+        )
         self._shutdown = trio.Event()
 
     @property

@@ -62,6 +62,8 @@ class WebSocketEndpoint:
     async def serve(self, stream: trio.SocketStream, request: h11.Request, trailing: bytes) -> None:
         try:
             await self._serve(stream, request, trailing)
+        except Exception as exc:  # the handshake's error boundary; the session has its own below
+            self._hub.connection_failed(None, exc, "websocket handshake")
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
@@ -109,6 +111,20 @@ class WebSocketEndpoint:
             on_overflow=lambda reason: hub.overflowed(session, reason),
         )
         outbox.push(handshake_response(key))
+        try:
+            reason = await self._connection(stream, session, outbox, trailing, probing=probing)
+        except Exception as exc:  # one connection's error boundary: its fault is its own problem
+            hub.connection_failed(session, exc, "websocket connection")
+            return
+        if session.ws is outbox:
+            hub.close_session(session, reason)
+        elif not session.closed and session.upgrading:
+            session.upgrading = False  # a failed probe leaves the polling session as it was
+
+    async def _connection(
+        self, stream: trio.SocketStream, session: Session, outbox: Outbox, trailing: bytes, *, probing: bool
+    ) -> str:
+        hub = self._hub
         reason = "client went away"
         with trio.CancelScope() as scope:
             if not probing:
@@ -122,10 +138,7 @@ class WebSocketEndpoint:
                     reason = "connection lost"
                 finally:
                     nursery.cancel_scope.cancel()
-        if session.ws is outbox:
-            hub.close_session(session, reason)
-        elif not session.closed and session.upgrading:
-            session.upgrading = False  # a failed probe leaves the polling session as it was
+        return reason
 
     async def _read_loop(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ from wsproto.frame_protocol import FrameProtocol
 
 from protocol import engineio, socketio
 from protocol.engineio import BINARY, OpenPayload, PacketType
-from protocol.errors import ProtocolError
+from protocol.errors import ProtocolError, SocketIOError
 from protocol.events import (
     ERR_CLIENT_MSG_ID,
     ERR_JOIN_FAILED,
@@ -259,8 +260,22 @@ def test_fuzz_events(name: str, payload: Any) -> None:
 
 @given(st.binary(max_size=40))
 def test_fuzz_events_raw_bytes(raw: bytes) -> None:
-    with contextlib.suppress(msgspec.DecodeError):  # not JSON at all: the hub closes the session
+    with contextlib.suppress(SocketIOError):  # not JSON at all: the hub closes the session
         decode_event(raw)
+
+
+def _at_depth(depth: int, call: Callable[[], object]) -> object:
+    """Run ``call`` with ``depth`` Python frames below it: a server decodes deep inside trio's stack."""
+    return call() if depth == 0 else _at_depth(depth - 1, call)
+
+
+@pytest.mark.parametrize("tail", ["", "]" * 5000 + "]"])
+@pytest.mark.parametrize("depth", [0, 800, 950])
+def test_deep_nesting_is_a_protocol_error(tail: str, depth: int) -> None:
+    """~1,000 nested ``[`` once made msgspec raise RecursionError, which killed the process (issue 11)."""
+    raw = '["send_message",' + "[" * 5000 + tail
+    with pytest.raises(SocketIOError):
+        _at_depth(depth, lambda: decode_event(raw))
 
 
 # -- inbound frames (FrameReader), cross-checked against wsproto's client side --------------------------------
