@@ -50,13 +50,14 @@ from server.session import Session
 from server.tokens import Tokens
 from storage.batcher import WriteBehindBatcher
 from storage.ids import new_id
-from storage.records import Appended, NewMessage
+from storage.records import Appended, NewMessage, StoredMessage
 from storage.timefmt import iso_utc
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["durable", "fast"]
 AUTH_ERROR = b'44{"message":"Authentication error"}'
+ERR_SHUTTING_DOWN = "Server is shutting down: message not accepted, send it again after reconnecting"
 
 
 class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -93,7 +94,9 @@ class Hub:
         self._subscribers: dict[str, set[Session]] = {}
         self._doomed: list[tuple[Session, str]] = []
         self._reaper = trio.lowlevel.ParkingLot()
-        self._recent: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # fast mode's idempotency window
+        # Fast mode's idempotency window: see _remember.
+        self._recent: OrderedDict[tuple[str, str, str], list[Ticket] | AckOk] = OrderedDict()
+        self.accepting = True
         self.batcher: WriteBehindBatcher[Ticket] | None = None
         self.messages_broadcast = 0
         self.deliveries = 0
@@ -264,39 +267,85 @@ class Hub:
 
     async def _send_message(self, session: Session, event: SendMessage, ack_id: int | None) -> None:
         data, user = event.data, session.user
-        assert user is not None
+        assert user is not None and self.batcher is not None
+        if not self.accepting:
+            self._reject(session, ERR_SHUTTING_DOWN, ack_id)
+            return
         if len(data.content) > self.settings.max_content_chars:
             self._reject(
                 session, f"Message content too long (limit {self.settings.max_content_chars} characters)", ack_id
             )
             return
-        room = self.registry.get(data.roomId)
-        if room is None or user not in room.members:
+        if not self.registry.is_member(data.roomId, user):
             self._reject(session, ERR_NOT_MEMBER, ack_id)
+            return
+        ticket = Ticket(session, ack_id)
+        fast = self.settings.mode == "fast"
+        key = None if data.clientMsgId is None else (data.roomId, user, data.clientMsgId)
+        if fast and key is not None and self._answer_repeat(key, ticket):
+            return
+        await self.batcher.wait_for_room()  # backpressure: waits only while the ingest queue is full
+        # From here to the submit there is no await: the seq order is the queue order.
+        room = self.registry.get(data.roomId)
+        if room is None or user not in room.members:  # removed while we waited for room in the queue
+            self.batcher.release_room()
+            self._reject(session, ERR_NOT_MEMBER, ack_id)
+            return
+        if fast and key is not None and self._answer_repeat(key, ticket):  # the original got in while we waited
+            self.batcher.release_room()
             return
         now = time.time()
         now_ms = int(now * 1000)
         message = NewMessage(new_id(now_ms), room.room_id, user, data.content, iso_utc(now), now_ms, data.clientMsgId)
-        if self.settings.mode == "fast" and not self._seen_recently(room.room_id, user, data.clientMsgId):
+        if fast:
             room.last_seq += 1
             message = msgspec.structs.replace(message, seq=room.last_seq)
+            if key is not None:
+                self._remember(key, [])
             self._broadcast_message(
                 MessageOut("message", room.room_id, user, data.content, message.timestamp, message.id, room.last_seq)
             )
-        assert self.batcher is not None
-        await self.batcher.submit(message, Ticket(session, ack_id))
+        self.batcher.submit_nowait(message, ticket)
 
-    def _seen_recently(self, room_id: str, user: str, client_msg_id: str | None) -> bool:
-        """Fast mode only: was this clientMsgId broadcast already? (A bounded window; storage has the rest.)"""
-        if client_msg_id is None:
+    def _answer_repeat(self, key: tuple[str, str, str], ticket: Ticket) -> bool:
+        """Fast mode: a clientMsgId broadcast already is not broadcast again. True when ``ticket`` is taken care
+        of: acked now with the stored original, or queued to be acked when the original is committed."""
+        known = self._recent.get(key)
+        if known is None:
             return False
-        key = (room_id, user, client_msg_id)
-        if key in self._recent:
-            return True
-        self._recent[key] = None
-        if len(self._recent) > self.settings.recent_ids:
-            self._recent.popitem(last=False)
-        return False
+        if isinstance(known, AckOk):
+            self._answer(ticket, known)
+        else:
+            known.append(ticket)
+        return True
+
+    def _remember(self, key: tuple[str, str, str], entry: list[Ticket] | AckOk) -> None:
+        """Fast mode's idempotency window: clientMsgIds broadcast and not yet stored (the repeats waiting for
+        their ack), then stored (their ack). Bounded: the oldest stored entries go first."""
+        recent = self._recent
+        recent[key] = entry
+        recent.move_to_end(key)
+        while len(recent) > self.settings.recent_ids:
+            oldest, value = next(iter(recent.items()))
+            if isinstance(value, list):  # in flight: never forgotten before it is stored
+                break
+            del recent[oldest]
+
+    def remember_stored(self, messages: list[StoredMessage]) -> None:
+        """Fast mode at start: the newest stored idempotent sends, so a retry after a restart is not broadcast."""
+        for m in messages:
+            if m.client_msg_id is not None:
+                self._remember((m.room_id, m.sender, m.client_msg_id), AckOk(m.id, m.seq, m.timestamp))
+
+    def stop_accepting(self) -> None:
+        """Graceful stop, first step: later sends are refused; what was accepted is committed and acked."""
+        self.accepting = False
+
+    async def wait_flushed(self) -> None:
+        """Return once every websocket outbox and polling queue is empty (acks and broadcasts delivered)."""
+        # Polled: outboxes drain in the flusher and in each connection's writer; one stop does not need an Event.
+        while any(session.pending_bytes for session in self.sessions.values()):  # noqa: ASYNC110
+            await trio.sleep(0.01)
 
     # -- commit callback (runs in the batcher's task) ---------------------------------------------------
     def committed(self, batch: list[tuple[NewMessage, Ticket]], results: list[Appended]) -> None:
@@ -313,27 +362,45 @@ class Hub:
             if room is not None and stored.seq > room.last_seq:
                 room.last_seq = stored.seq
             if durable:
-                message = MessageOut(
+                out = MessageOut(
                     "message", stored.room_id, stored.sender, stored.content, stored.timestamp, stored.id, stored.seq
                 )
-                outgoing.setdefault(stored.room_id, []).append(_message_packet(message))
+                outgoing.setdefault(stored.room_id, []).append(_message_packet(out))
         for room_id, packets in outgoing.items():
             self.broadcast_many(room_id, packets)
             self.messages_broadcast += len(packets)
         # Acks after the broadcasts: a sender that is in the room sees its message before the ack.
-        for (_, ticket), result in zip(batch, results, strict=True):
+        for (message, ticket), result in zip(batch, results, strict=True):
             stored = result.message
-            if stored is None:  # the room was deleted while the message waited
-                self._answer(ticket, AckError(ERR_NOT_MEMBER))
-            else:
-                self._answer(ticket, AckOk(stored.id, stored.seq, stored.timestamp))
+            ack: AckOk | AckError = (
+                AckError(ERR_NOT_MEMBER) if stored is None else AckOk(stored.id, stored.seq, stored.timestamp)
+            )
+            self._answer(ticket, ack)
+            if not durable and message.client_msg_id is not None:
+                self._settle_repeats((message.room_id, message.sender, message.client_msg_id), ack)
 
     def failed(self, batch: list[tuple[NewMessage, Ticket]], error: BaseException) -> None:
+        lost = sum(1 for message, _ in batch if message.seq is not None)
+        if lost:  # fast mode, giving up at the shutdown deadline: members saw these, storage never will
+            log.error("%d broadcast messages could not be stored before the shutdown deadline", lost)
         log.error("a batch of %d messages could not be stored: %s", len(batch), error)
-        for _, ticket in batch:
+        for message, ticket in batch:
             if not ticket.session.closed:
                 ticket.session.send(error_packet(ERR_SEND_FAILED))
             self._answer(ticket, AckError(ERR_SEND_FAILED))
+            if message.client_msg_id is not None and message.seq is not None:
+                self._settle_repeats((message.room_id, message.sender, message.client_msg_id), None)
+
+    def _settle_repeats(self, key: tuple[str, str, str], ack: AckOk | AckError | None) -> None:
+        """The original of a fast-mode clientMsgId is stored (or lost): answer its repeats the same way."""
+        waiting = self._recent.get(key)
+        if isinstance(waiting, list):
+            for ticket in waiting:
+                self._answer(ticket, ack if ack is not None else AckError(ERR_SEND_FAILED))
+            if isinstance(ack, AckOk):
+                self._recent[key] = ack
+            else:
+                del self._recent[key]
 
     def _answer(self, ticket: Ticket, ack: AckOk | AckError) -> None:
         if ticket.ack_id is not None and not ticket.session.closed:

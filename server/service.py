@@ -37,6 +37,10 @@ from storage.open import open_storage
 
 log = logging.getLogger(__name__)
 
+# How long a graceful stop waits for clients to read their last acks and broadcasts before closing them:
+# a healthy client on loopback takes milliseconds; one that is not reading must not hold the stop.
+FLUSH_BEFORE_CLOSE_S = 2.0
+
 
 def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc = hypercorn.config.Config()
@@ -75,6 +79,8 @@ class MinitalkServer:
             max_batch=config.batch_max,
             linger=config.batch_linger,
             queue_size=config.ingest_queue,
+            # Fast mode: members saw a message before it was stored, so it is retried until it is.
+            retry_until_stored=config.delivery_mode == "fast",
             observer=self.metrics,
         )
         self.hub.batcher = self.batcher
@@ -108,15 +114,29 @@ class MinitalkServer:
             await nursery.start(self._run_storage, storage_stop)
             try:
                 await self.registry.load()
+                fast = self.config.delivery_mode == "fast"
+                if fast:
+                    await self._begin_fast_run()
                 async with trio.open_nursery() as batcher_scope:
                     await batcher_scope.start(self.batcher.run)
                     try:
                         await self._serve(task_status)
                     finally:
+                        self.batcher.begin_shutdown(trio.current_time() + self.config.shutdown_timeout)
                         batcher_scope.cancel_scope.cancel()  # drains, shielded, before returning
                 log.info("all accepted messages committed (%d this run)", self.batcher.committed_messages)
+                if fast and self.batcher.failed_messages == 0:
+                    with trio.CancelScope(shield=True):
+                        await self.storage.end_fast_run()
             finally:
                 storage_stop.set()
+
+    async def _begin_fast_run(self) -> None:
+        """Fast mode hands out seqs before storing: note the bound durably, and load the idempotency window."""
+        # Everything broadcast and not stored holds an ingest-queue slot, so at most ingest_queue seqs per
+        # room can be in use and unstored when the process dies: that is the skip after an unclean stop.
+        await self.storage.begin_fast_run(self.config.ingest_queue)
+        self.hub.remember_stored(await self.storage.recent_idempotent_sends(self.hub.settings.recent_ids // 2))
 
     async def _run_storage(self, stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
         """Storage, shielded: a cancellation from outside must not close it while the batcher still drains.
@@ -129,6 +149,20 @@ class MinitalkServer:
                 task_status.started()
                 await stop.wait()
                 nursery.cancel_scope.cancel()
+
+    async def _settle_accepted(self) -> None:
+        """Stop taking messages, commit what was accepted, deliver its acks and broadcasts: then sessions close.
+
+        Within the shutdown deadline: a client that does not read its socket cannot hold the stop.
+        """
+        self.hub.stop_accepting()
+        deadline = trio.current_time() + self.config.shutdown_timeout
+        with trio.move_on_at(deadline) as committing:
+            await self.batcher.wait_idle()
+        if committing.cancelled_caught:
+            log.warning("shutdown deadline reached with %d messages not committed", self.batcher.queue_depth())
+        with trio.move_on_at(min(deadline, trio.current_time() + FLUSH_BEFORE_CLOSE_S)):
+            await self.hub.wait_flushed()
 
     async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
         async with trio.open_nursery() as hub_scope:
@@ -150,6 +184,7 @@ class MinitalkServer:
                     accepting.cancel_scope.cancel()
                 for listener in listeners:
                     await listener.aclose()
+                await self._settle_accepted()
                 log.info("stopped accepting; closing %d sessions", len(self.hub.sessions))
                 self.hub.close_all("server shutting down")
                 await self.http.begin_shutdown()

@@ -83,6 +83,13 @@ class Session:
         self.ws_scope: trio.CancelScope | None = None
 
     @property
+    def pending_bytes(self) -> int:
+        """Bytes queued for the client and not yet written (0 once closed: nothing more will go out)."""
+        if self.closed:
+            return 0
+        return self.ws.nbytes if self.ws is not None else self._queue_bytes
+
+    @property
     def transport(self) -> str:
         return "websocket" if self.ws is not None else "polling"
 

@@ -1,22 +1,33 @@
 """The write-behind batcher: group commit for chat messages.
 
-Senders ``submit`` into a bounded memory channel and return at once; when the channel is full they wait,
-which stops their connection's reader, which fills the client's TCP window: backpressure all the way to
-the client, and nothing is dropped. One task drains the channel into batches and commits each batch in
-one transaction (one fsync for many messages). A batch is cut when it is full (``max_batch``) or when
-``linger`` seconds have passed since its first message, whichever comes first; while a commit runs, the
-next batch accumulates, so under load batches grow by themselves and at low load latency stays low.
+Theory of operation. A sender first takes a *slot* (``wait_for_room``: at most ``queue_size`` messages are
+accepted and not yet committed; when none is free the sender waits, which stops its connection's reader,
+which fills the client's TCP window: backpressure all the way to the client, and nothing is dropped), then
+hands its message over with ``submit_nowait``, with no await in between. A slot is given back only when the
+message's batch is committed or has definitely failed, so ``queue_size`` bounds everything in flight,
+the batch being committed included: in fast mode that is also the bound on what a crash can lose, and on
+the seqs it can leave unused (see ``server/hub.py``).
+
+One task drains the queue into batches and commits each batch in one transaction (one fsync for many
+messages). A batch is cut when it is full (``max_batch``) or when ``linger`` seconds have passed since its
+first message, whichever comes first; while a commit runs, the next batch accumulates, so under load
+batches grow by themselves and at low load latency stays low.
 
 After each commit the listener's ``committed`` runs (broadcast and acks), in commit order. A commit that
-fails is retried with backoff; after the last retry the listener's ``failed`` answers the senders.
+fails is retried with backoff. Then either the listener's ``failed`` answers the senders (durable mode:
+nobody saw those messages yet), or, with ``retry_until_stored`` (fast mode: members already saw them), it
+is retried for as long as the process runs: the slots stay taken, so senders are backpressured while
+storage is down, and ``health`` says the server is not ready until a commit succeeds again.
 
-Shutdown: when ``run`` is cancelled it stops taking new messages, commits everything already accepted
-(shielded: a graceful stop never loses an accepted message), then returns.
+Shutdown: ``begin_shutdown(deadline)`` bounds the retries; when ``run`` is cancelled it stops taking new
+messages, commits everything already accepted (shielded: a graceful stop never loses an accepted message
+while storage works), then returns.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -40,6 +51,14 @@ class BatchObserver(Protocol):
     def observe_batch(self, size: int, seconds: float) -> None: ...
 
 
+class StorageHealth(Protocol):
+    """Who is told that commits fail and that they work again (the server's readiness)."""
+
+    def storage_failed(self, reason: str) -> None: ...
+
+    def storage_recovered(self) -> None: ...
+
+
 class WriteBehindBatcher(Generic[T]):
     def __init__(
         self,
@@ -50,28 +69,62 @@ class WriteBehindBatcher(Generic[T]):
         linger: float = 0.002,
         queue_size: int = 16384,
         retry_delays: Sequence[float] = (0.05, 0.25, 1.0),
+        retry_until_stored: bool = False,
         observer: BatchObserver | None = None,
+        health: StorageHealth | None = None,
     ) -> None:
         self._engine = engine
         self._listener = listener
         self._max_batch = max_batch
         self._linger = linger
         self._retry_delays = tuple(retry_delays)
+        self._retry_until_stored = retry_until_stored
         self._observer = observer
-        self._send, self._receive = trio.open_memory_channel[tuple[NewMessage, T]](queue_size)
+        self.health = health
+        self.queue_size = queue_size
+        self._slots = trio.Semaphore(queue_size)
+        # Unbounded on purpose: the slots bound it, and they count the batch being committed too.
+        self._send, self._receive = trio.open_memory_channel[tuple[NewMessage, T]](math.inf)
         self._assembling: list[tuple[NewMessage, T]] = []
+        self._give_up_at = math.inf
+        self._settled = trio.Event()  # set and replaced after every batch that is committed or failed
+        self._failing = False
         self.committed_messages = 0
+        self.failed_messages = 0
 
-    async def submit(self, message: NewMessage, ticket: T) -> None:
-        """Queue a message; waits only while the queue is full. Raises ClosedResourceError after shutdown."""
+    async def wait_for_room(self) -> None:
+        """Take a slot for one message; waits only while ``queue_size`` messages are in flight."""
         try:
             # No scheduler round trip per message while there is room (the reader checkpoints on its next read).
-            self._send.send_nowait((message, ticket))
+            self._slots.acquire_nowait()
         except trio.WouldBlock:
-            await self._send.send((message, ticket))
+            await self._slots.acquire()
+
+    def release_room(self) -> None:
+        """Give back a slot taken by ``wait_for_room`` for a message that was not submitted after all."""
+        self._slots.release()
+
+    def submit_nowait(self, message: NewMessage, ticket: T) -> None:
+        """Queue a message for which a slot was taken. Raises ClosedResourceError after shutdown."""
+        self._send.send_nowait((message, ticket))
+
+    async def submit(self, message: NewMessage, ticket: T) -> None:
+        """Take a slot and queue the message (waits only while the queue is full)."""
+        await self.wait_for_room()
+        self.submit_nowait(message, ticket)
 
     def queue_depth(self) -> int:
-        return self._send.statistics().current_buffer_used
+        """Messages accepted and not yet committed (or failed)."""
+        return self.queue_size - self._slots.value
+
+    async def wait_idle(self) -> None:
+        """Return once every message accepted so far has been committed (or has definitely failed)."""
+        while self.queue_depth():
+            await self._settled.wait()
+
+    def begin_shutdown(self, deadline: float) -> None:
+        """From ``deadline`` on, a failing commit is not retried any more: its senders get ``failed``."""
+        self._give_up_at = deadline
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -117,19 +170,59 @@ class WriteBehindBatcher(Generic[T]):
         # being cancelled, or a committed message would never be broadcast or acked.
         with trio.CancelScope(shield=True):
             messages = [message for message, _ in batch]
-            for attempt in range(len(self._retry_delays) + 1):
+            attempt = 0
+            while True:
                 started = trio.current_time()
                 try:
                     results = await self._engine.append_messages(messages)
                 except Exception as exc:
-                    if attempt == len(self._retry_delays):
-                        self._listener.failed(batch, exc)
+                    if not self._retry(attempt, len(batch), exc):
+                        self._settle(batch, None, exc)
                         return
-                    log.warning("commit of %d messages failed (%s); retrying", len(batch), exc)
-                    await trio.sleep(self._retry_delays[attempt])
+                    await trio.sleep(self._retry_delays[min(attempt, len(self._retry_delays) - 1)])
+                    attempt += 1
                     continue
                 if self._observer is not None:
                     self._observer.observe_batch(len(batch), trio.current_time() - started)
+                self._settle(batch, results, None)
+                return
+
+    def _retry(self, attempt: int, size: int, error: Exception) -> bool:
+        """Whether to try a failed commit again; tells ``health`` that storage is failing."""
+        if not self._failing and self.health is not None:
+            self.health.storage_failed(f"commits are failing: {error}")
+        self._failing = True
+        if self._retry_until_stored and trio.current_time() < self._give_up_at:
+            if attempt == len(self._retry_delays):  # one line per episode, not one per retry
+                log.error("commit of %d messages still failing (%s); retrying until it is stored", size, error)
+            return True
+        if attempt < len(self._retry_delays) and trio.current_time() < self._give_up_at:
+            log.warning("commit of %d messages failed (%s); retrying", size, error)
+            return True
+        return False
+
+    def _settle(
+        self, batch: list[tuple[NewMessage, T]], results: list[Appended] | None, error: Exception | None
+    ) -> None:
+        """Hand the outcome to the listener, then free the batch's slots."""
+        try:
+            if results is not None:
+                if self._failing:
+                    self._failing = False
+                    log.info("commits work again")
+                    if self.health is not None:
+                        self.health.storage_recovered()
                 self.committed_messages += len(batch)
                 self._listener.committed(batch, results)
-                return
+            else:
+                assert error is not None
+                self.failed_messages += len(batch)
+                self._listener.failed(batch, error)
+        except Exception:
+            # The listener's fault must not end the batcher (and with it the process): log it, carry on.
+            log.exception("the commit listener raised on a batch of %d messages", len(batch))
+        finally:
+            for _ in batch:
+                self._slots.release()
+            self._settled.set()
+            self._settled = trio.Event()

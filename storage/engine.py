@@ -44,10 +44,28 @@ class StorageEngine(Protocol):
 
     # Messages
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
-        """Store a batch in one transaction (group commit), assigning each room's next ``seq``."""
+        """Store a batch in one transaction (group commit), assigning each room's next ``seq`` to messages
+        that carry none and storing the given seq of those that do (fast mode). A failed call stored nothing
+        and may be retried with the same batch. A message whose (room, sender, clientMsgId) is stored already
+        comes back as that row with ``duplicate`` set; the room counter still moves past its given seq."""
         ...
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]: ...
+
+    async def recent_idempotent_sends(self, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` messages stored with a clientMsgId, oldest first (fast mode's window at start)."""
+        ...
+
+    # Fast mode hands out seqs before their messages are stored (the hub owns the counters then).
+    async def begin_fast_run(self, seq_gap: int) -> None:
+        """Durably note that up to ``seq_gap`` seqs per room may be in use and not stored. Until
+        ``end_fast_run``, a crash makes the next open skip every room's counter by ``seq_gap``, so a seq is
+        never given to two messages."""
+        ...
+
+    async def end_fast_run(self) -> None:
+        """Every seq handed out is stored: clear the note of ``begin_fast_run``."""
+        ...
 
     async def delete_all_messages(self) -> tuple[int, int]:
         """Delete every message; returns (messages deleted, rooms that had messages)."""

@@ -35,6 +35,12 @@ class SqliteEngine:
                     self.path,
                     self._store.schema_version_found,
                 )
+                if self._store.seq_skipped:
+                    log.warning(
+                        "the last fast-mode run did not stop cleanly: every room's seq skips %d, so no seq a member"
+                        " may have seen is given to another message",
+                        self._store.seq_skipped,
+                    )
                 task_status.started()
                 await trio.sleep_forever()
             finally:
@@ -76,6 +82,15 @@ class SqliteEngine:
 
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
         return await self._thread.call(self._open.append_messages, batch)
+
+    async def begin_fast_run(self, seq_gap: int) -> None:
+        await self._thread.call(self._open.begin_fast_run, seq_gap)
+
+    async def end_fast_run(self) -> None:
+        await self._thread.call(self._open.end_fast_run)
+
+    async def recent_idempotent_sends(self, limit: int) -> list[StoredMessage]:
+        return await self._thread.call(self._open.recent_idempotent_sends, limit)
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]:
         return await self._thread.call(self._open.history, query)

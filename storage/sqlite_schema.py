@@ -49,6 +49,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX messages_client_msg_id ON messages (room_id, sender, client_msg_id)
         WHERE client_msg_id IS NOT NULL;
     """,
+    # 2: a small key-value table for the server's own bookkeeping (the fast-mode crash marker).
+    """
+    CREATE TABLE meta (
+        key           TEXT PRIMARY KEY,
+        value         INTEGER NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -26,6 +26,7 @@ _participants_decoder = msgspec.json.Decoder(tuple[str, ...])
 
 _MESSAGE_COLUMNS = "id, room_id, seq, sender, content, timestamp, created_at, client_msg_id"
 _QUALIFIED_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))
+_FAST_RUN_KEY = "fast_run_seq_gap"
 # Keys per idempotency lookup: 3 parameters each, well under SQLite's 32,766-parameter limit.
 _KEYS_PER_QUERY = 500
 
@@ -49,10 +50,49 @@ class SqliteStore:
         self._conn.execute(f"PRAGMA synchronous = {synchronous}")
         self._conn.execute("PRAGMA foreign_keys = ON")
         self.schema_version_found = migrate(self._conn)
+        self.seq_skipped = self._skip_seqs_after_unclean_fast_run()
         self._last_seq: dict[str, int] = dict(self._conn.execute("SELECT room_id, last_seq FROM rooms"))
 
     def close(self) -> None:
         self._conn.close()
+
+    # -- the fast-mode crash marker ----------------------------------------------------------------
+    def begin_fast_run(self, seq_gap: int) -> None:
+        """Record, durably, that seqs may be handed out before their messages are stored.
+
+        Until ``end_fast_run``, up to ``seq_gap`` messages per room may have been broadcast with a seq and not
+        stored yet. If the process dies in that state, the next open skips every room's counter by
+        ``seq_gap``: a seq a member may have seen is never given to another message.
+        """
+        with transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_FAST_RUN_KEY, seq_gap),
+            )
+
+    def end_fast_run(self) -> None:
+        """Everything that was broadcast is stored: a later open needs no skip."""
+        with transaction(self._conn) as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (_FAST_RUN_KEY,))
+
+    def _skip_seqs_after_unclean_fast_run(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (_FAST_RUN_KEY,)).fetchone()
+        if row is None:
+            return 0
+        gap = int(row[0])
+        with transaction(self._conn) as conn:
+            conn.execute("UPDATE rooms SET last_seq = last_seq + ?", (gap,))
+            conn.execute("DELETE FROM meta WHERE key = ?", (_FAST_RUN_KEY,))
+        return gap
+
+    def recent_idempotent_sends(self, limit: int) -> list[StoredMessage]:
+        """The newest ``limit`` stored messages that carry a clientMsgId, oldest first."""
+        rows = self._conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE client_msg_id IS NOT NULL ORDER BY pk DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        rows.reverse()
+        return [_message(r) for r in rows]
 
     # -- users -------------------------------------------------------------------------------------
     def insert_users(self, users: Sequence[UserRecord]) -> list[bool]:
@@ -143,7 +183,9 @@ class SqliteStore:
                     " client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                touched = {r.message.room_id for r in results if r.message is not None and not r.duplicate}
+                touched = {
+                    m.room_id for m in batch if self._last_seq.get(m.room_id, 0) != saved_counters.get(m.room_id, 0)
+                }
                 conn.executemany(
                     "UPDATE rooms SET last_seq = ? WHERE room_id = ?",
                     [(self._last_seq[room_id], room_id) for room_id in touched],
@@ -186,6 +228,10 @@ class SqliteStore:
             return Appended(message=None)  # the room was deleted while the message waited
         key = None if m.client_msg_id is None else (m.room_id, m.sender, m.client_msg_id)
         if key is not None and key in prior:
+            if m.seq is not None:
+                # A fast-mode repeat broadcast under a seq of its own before storage could say it is one: that
+                # seq stays unused, and the counter moves past it so no later message is given it.
+                self._last_seq[m.room_id] = max(last, m.seq)
             return Appended(message=prior[key], duplicate=True)  # stored before, or earlier in this batch
         seq = last + 1 if m.seq is None else m.seq
         rows.append(
