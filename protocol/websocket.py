@@ -11,6 +11,7 @@ The upgrade decision merges every ``Connection`` header first: websocket-client 
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import struct
 from collections.abc import Iterable
@@ -155,6 +156,8 @@ class FrameReader:
         self._parts: list[bytes] = []
         self._part_size = 0
         self._opcode: int | None = None  # opcode of the fragmented message in progress
+        self._decoder: codecs.IncrementalDecoder | None = None  # set while that message is text
+        self._text_parts: list[str] = []
         self._error: FrameError | None = None
         self.closed = False  # a close frame was returned
 
@@ -237,13 +240,33 @@ class FrameReader:
             if fin:  # the common case: one frame, one message
                 return opcode, _text(payload) if opcode == OP_TEXT else payload
             self._opcode = opcode
-        self._parts.append(payload)
+            if opcode == OP_TEXT:
+                self._decoder = _utf8_decoder()
         self._part_size += len(payload)
+        if self._decoder is not None:
+            # A fragmented text message is decoded fragment by fragment, so invalid UTF-8 fails the
+            # connection at the fragment that holds it (fail fast, RFC 6455 §8.1), not when the message ends.
+            self._text_parts.append(_decode_part(self._decoder, payload, fin))
+        else:
+            self._parts.append(payload)
         if not fin:
             return None
-        kind, whole = self._opcode, b"".join(self._parts)
-        self._opcode, self._parts, self._part_size = None, [], 0
-        return kind, _text(whole) if kind == OP_TEXT else whole
+        message: Message = (
+            (OP_TEXT, "".join(self._text_parts)) if self._decoder is not None else (OP_BINARY, b"".join(self._parts))
+        )
+        self._opcode, self._decoder, self._parts, self._text_parts, self._part_size = None, None, [], [], 0
+        return message
+
+
+def _utf8_decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")()
+
+
+def _decode_part(decoder: codecs.IncrementalDecoder, payload: bytes, final: bool) -> str:
+    try:
+        return decoder.decode(payload, final)
+    except UnicodeDecodeError:
+        raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
 
 
 def _text(payload: bytes) -> str:
