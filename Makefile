@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Autobahn|Testsuite 0.8.2 runs on Python 2.7 only: its own virtualenv, from pyenv's 2.7.18.
+PY27     ?= $(HOME)/.pyenv/versions/2.7.18/bin/python
+AB_VENV  ?= .autobahn-venv
+AB_STAMP := $(AB_VENV)/.installed
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit clean autobahn
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +33,17 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+## Autobahn|Testsuite (fuzzingclient, cases 1-7 and 10) against an echo harness on our frame code; exit 1 on
+## any FAILED case. Not part of `make test`: it needs Python 2.7 (pyenv), which CI does not have.
+## Results and the non-strict cases: docs/autobahn.md.
+autobahn: $(STAMP) $(AB_STAMP)
+	$(BIN)/python -m tools.autobahn.run --wstest $(AB_VENV)/bin/wstest
+
+$(AB_STAMP): tools/autobahn/requirements.txt
+	$(PY27) -m virtualenv --version >/dev/null 2>&1 || $(PY27) -m pip install --quiet 'virtualenv<20.22'
+	$(PY27) -m virtualenv --quiet $(AB_VENV)
+	$(AB_VENV)/bin/pip install --quiet -r tools/autobahn/requirements.txt
+	touch $(AB_STAMP)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(AB_VENV) tools/autobahn/reports .mypy_cache .pytest_cache .ruff_cache

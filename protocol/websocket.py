@@ -1,7 +1,9 @@
 """The websocket pieces we do ourselves, sans-IO: the upgrade decision, the accept key, outbound frames.
 
 Why ourselves: a broadcast is framed *once* and the same bytes go to every member (server frames are
-unmasked, so one frame fits all). Inbound frames (masked, possibly fragmented) are left to wsproto.
+unmasked, so one frame fits all). Inbound frames are parsed by :class:`FrameReader` (wsproto's per-byte
+unmasking cost a third of the send path, docs/architecture.md); Autobahn|Testsuite checks it through
+``tools/autobahn/`` (docs/autobahn.md).
 The upgrade decision merges every ``Connection`` header first: websocket-client 1.6.4 sends
 ``Connection: Upgrade`` and then the load test's ``Connection: keep-alive`` (contract §3.6-2).
 """
@@ -9,6 +11,7 @@ The upgrade decision merges every ``Connection`` header first: websocket-client 
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import struct
 from collections.abc import Iterable
@@ -69,7 +72,17 @@ def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    return frame(struct.pack("!H", code) + reason.encode()[:123], OP_CLOSE)
+    # A control frame carries at most 125 bytes: the code and 123 bytes of reason, cut on a character
+    # boundary so the reason stays valid UTF-8 (a peer must fail the connection on an invalid one).
+    raw = reason.encode()
+    if len(raw) > 123:
+        raw = raw[:123].decode("utf-8", "ignore").encode()
+    return frame(struct.pack("!H", code) + raw, OP_CLOSE)
+
+
+def close_reply(payload: bytes) -> bytes:
+    """The close frame that answers a client's (valid) close: its code echoed (RFC 6455 §5.5.1), else 1000."""
+    return close_frame(int.from_bytes(payload[:2], "big") if payload else CLOSE_NORMAL)
 
 
 OP_CONTINUATION = 0x0
@@ -79,17 +92,37 @@ OP_PONG = 0xA
 _DATA_OPCODES = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
 _CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
 
+CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
 
+Message = tuple[int, str | bytes]
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame.
+
+    RFC 6455 §7.4: 1000-1003 and 1007-1011 are defined; 1004 is reserved; 1005, 1006 and 1015 must never be
+    sent; 3000-4999 are for libraries and applications. 1012-1014 (service restart, try again later, bad
+    gateway) were registered with IANA after the RFC: Node's ``ws``, which the original server runs on,
+    accepts them, and so do we (Autobahn|Testsuite 0.8.2 tests neither way). The rest of 0-2999 and
+    5000 and up are invalid.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
 
 class FrameError(ProtocolError):
-    """The client broke RFC 6455; ``code`` is the close code to answer with."""
+    """The client broke RFC 6455; ``code`` is the close code to answer with.
+
+    ``messages`` holds what :meth:`FrameReader.feed` parsed from the same data *before* the bad frame: they
+    are valid and the client meant them, so the caller handles them first and then closes.
+    """
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+        self.messages: list[Message] = []
 
 
 def unmask(payload: bytes | bytearray | memoryview, mask: bytes) -> bytes:
@@ -105,10 +138,16 @@ class FrameReader:
     """Client-to-server frames → complete messages, sans-IO.
 
     ``feed`` returns a list of ``(opcode, payload)``: ``OP_TEXT`` with a ``str`` (UTF-8 checked),
-    ``OP_BINARY``/``OP_PING``/``OP_PONG`` with bytes, ``OP_CLOSE`` with the raw close payload. Fragmented
-    messages are joined; a message larger than ``max_message`` bytes raises FrameError(1009) before it is
-    buffered; every RFC 6455 rule a server must enforce (masking, reserved bits, opcodes, control-frame
-    size and fragmentation, continuation order, UTF-8) raises FrameError with its close code.
+    ``OP_BINARY``/``OP_PING``/``OP_PONG`` with bytes, ``OP_CLOSE`` with the raw close payload (its length,
+    code and UTF-8 reason checked; answer it with :func:`close_reply`). Fragmented messages are joined; a
+    message larger than ``max_message`` bytes raises FrameError(1009) before it is buffered; every RFC 6455
+    rule a server must enforce (masking, reserved bits, opcodes, control-frame size and fragmentation,
+    continuation order, UTF-8, close payloads) raises FrameError with its close code.
+
+    A FrameError carries in ``messages`` the good messages parsed before the bad frame in the same call:
+    one TCP read often holds several frames, and the client's valid packets must not be lost because a
+    later one was bad. After a FrameError the reader is spent (every later ``feed`` raises again); after a
+    close frame it is finished (nothing later is parsed: RFC 6455 §5.5.1, the peer sends nothing after it).
     """
 
     def __init__(self, max_message: int) -> None:
@@ -117,11 +156,32 @@ class FrameReader:
         self._parts: list[bytes] = []
         self._part_size = 0
         self._opcode: int | None = None  # opcode of the fragmented message in progress
+        self._decoder: codecs.IncrementalDecoder | None = None  # set while that message is text
+        self._text_parts: list[str] = []
+        self._error: FrameError | None = None
+        self.closed = False  # a close frame was returned
 
-    def feed(self, data: bytes) -> list[tuple[int, str | bytes]]:
+    def feed(self, data: bytes) -> list[Message]:
+        if self._error is not None or self.closed:
+            return self._spent()
+        out: list[Message] = []
+        try:
+            self._parse(data, out)
+        except FrameError as exc:
+            exc.messages = out
+            self._error = exc
+            self._buffer.clear()
+            raise
+        return out
+
+    def _spent(self) -> list[Message]:
+        if self._error is not None:
+            raise FrameError(self._error.code, str(self._error))
+        return []
+
+    def _parse(self, data: bytes, out: list[Message]) -> None:
         buf = self._buffer
         buf += data
-        out: list[tuple[int, str | bytes]] = []
         pos = 0
         end = len(buf)
         while end - pos >= 2:
@@ -146,11 +206,16 @@ class FrameReader:
                 break
             payload = unmask(memoryview(buf)[start : start + length], bytes(buf[pos + head : start]))
             pos = start + length
+            if opcode == OP_CLOSE:
+                _check_close(payload)
+                out.append((OP_CLOSE, payload))
+                self.closed = True
+                buf.clear()
+                return
             message = self._assemble(bool(fin), opcode, payload)
             if message is not None:
                 out.append(message)
         del buf[:pos]
-        return out
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
         if b0 & 0x70:
@@ -163,7 +228,7 @@ class FrameReader:
         elif opcode not in _DATA_OPCODES:
             raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
 
-    def _assemble(self, fin: bool, opcode: int, payload: bytes) -> tuple[int, str | bytes] | None:
+    def _assemble(self, fin: bool, opcode: int, payload: bytes) -> Message | None:
         if opcode in _CONTROL_OPCODES:
             return opcode, payload
         if opcode == OP_CONTINUATION:
@@ -175,13 +240,33 @@ class FrameReader:
             if fin:  # the common case: one frame, one message
                 return opcode, _text(payload) if opcode == OP_TEXT else payload
             self._opcode = opcode
-        self._parts.append(payload)
+            if opcode == OP_TEXT:
+                self._decoder = _utf8_decoder()
         self._part_size += len(payload)
+        if self._decoder is not None:
+            # A fragmented text message is decoded fragment by fragment, so invalid UTF-8 fails the
+            # connection at the fragment that holds it (fail fast, RFC 6455 §8.1), not when the message ends.
+            self._text_parts.append(_decode_part(self._decoder, payload, fin))
+        else:
+            self._parts.append(payload)
         if not fin:
             return None
-        kind, whole = self._opcode, b"".join(self._parts)
-        self._opcode, self._parts, self._part_size = None, [], 0
-        return kind, _text(whole) if kind == OP_TEXT else whole
+        message: Message = (
+            (OP_TEXT, "".join(self._text_parts)) if self._decoder is not None else (OP_BINARY, b"".join(self._parts))
+        )
+        self._opcode, self._decoder, self._parts, self._text_parts, self._part_size = None, None, [], [], 0
+        return message
+
+
+def _utf8_decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")()
+
+
+def _decode_part(decoder: codecs.IncrementalDecoder, payload: bytes, final: bool) -> str:
+    try:
+        return decoder.decode(payload, final)
+    except UnicodeDecodeError:
+        raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
 
 
 def _text(payload: bytes) -> str:
@@ -189,3 +274,18 @@ def _text(payload: bytes) -> str:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
         raise FrameError(CLOSE_INVALID_DATA, "text message is not valid UTF-8") from None
+
+
+def _check_close(payload: bytes) -> None:
+    """A close payload is empty, or a valid code (2 bytes) and a UTF-8 reason (RFC 6455 §5.5.1, §7.4)."""
+    if not payload:
+        return
+    if len(payload) == 1:
+        raise FrameError(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload (a code takes 2)")
+    code = int.from_bytes(payload[:2], "big")
+    if not is_valid_close_code(code):
+        raise FrameError(CLOSE_PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise FrameError(CLOSE_INVALID_DATA, "close reason is not valid UTF-8") from None

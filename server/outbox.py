@@ -80,6 +80,18 @@ class Outbox:
             self._flusher.schedule(self)
         return True
 
+    def push_close(self, data: bytes) -> bool:
+        """Queue the connection's close frame, its last bytes: every later push is refused.
+
+        RFC 6455 §5.5.1: nothing may follow a close frame, and one connection has one. The reader queues a
+        close (protocol error, or the answer to the client's) and then the session is closed, which would
+        queue a second one; marking the outbox closed here is what makes that second push a no-op. What is
+        queued is still written (``write_now`` drains a closed outbox that holds bytes).
+        """
+        queued = self.push(data)
+        self.closed = True
+        return queued
+
     def write_now(self) -> None:
         """One non-blocking writev of what is queued; on a full socket buffer, hand over to the writer task."""
         self.scheduled = False

@@ -169,7 +169,7 @@ class Session:
         self.closed = True
         self._wake_poll()
         if self.ws is not None:
-            self.ws.push(close_frame(ws_code))
+            self.ws.push_close(close_frame(ws_code))  # refused if the reader already sent one
             self.ws.drain_best_effort()
             self.ws.close()
         if self.ws_scope is not None:

@@ -27,6 +27,7 @@ from protocol.websocket import (
     FrameError,
     FrameReader,
     close_frame,
+    close_reply,
     frame,
     handshake_response,
     header_value,
@@ -154,10 +155,12 @@ class WebSocketEndpoint:
         reader = FrameReader(self._hub.settings.max_packet_bytes)
         data = trailing  # frames that arrived together with the handshake come first
         while True:
+            bad_frame: FrameError | None = None
             try:
                 messages = reader.feed(data)
             except FrameError as exc:
-                return self._close(outbox, exc.code, str(exc))
+                # The frames before the bad one came in the same read and are valid: handle them, then close.
+                messages, bad_frame = exc.messages, exc
             for opcode, payload in messages:
                 if opcode == OP_TEXT:
                     assert isinstance(payload, str)
@@ -173,10 +176,13 @@ class WebSocketEndpoint:
                     assert isinstance(payload, bytes)
                     outbox.push(frame(payload, OP_PONG))
                 elif opcode == OP_CLOSE:
-                    outbox.push(close_frame(1000))
+                    assert isinstance(payload, bytes)
+                    outbox.push_close(close_reply(payload))
                     outbox.drain_best_effort()
                     return "websocket closed by client"
                 # Binary messages carry Socket.IO attachments, which no MinitalkChat client sends: ignored.
+            if bad_frame is not None:
+                return self._close(outbox, bad_frame.code, str(bad_frame))
             data = await stream.receive_some(RECEIVE_BYTES)
             if not data:
                 return "client went away"
@@ -211,6 +217,6 @@ class WebSocketEndpoint:
     @staticmethod
     def _close(outbox: Outbox, code: int, reason: str) -> str:
         log.info("closing websocket: %s", reason)
-        outbox.push(close_frame(code, reason))
+        outbox.push_close(close_frame(code, reason))
         outbox.drain_best_effort()
         return reason
