@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1)
+_MS = timedelta(milliseconds=1)
 
 _last_second = -1
 _last_prefix = ""
@@ -34,6 +37,8 @@ def parse_date_ms(text: str) -> int | None:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    # timedelta arithmetic, not ``timestamp()``: that raises OverflowError when the offset pushes the
+    # time past year 1 or 9999 (``0001-01-01T00:00+01:00``), and a float loses sub-millisecond exactness.
+    # Every result lies within ±2^48 ms, so SQLite stores it as it is.
+    offset = parsed.utcoffset() or timedelta(0)
+    return (parsed.replace(tzinfo=None) - _EPOCH - offset) // _MS
