@@ -24,12 +24,14 @@ MAX_INT_PARAM_CHARS = 20
 
 
 class RequestError(Exception):
-    """The client sent something we will not act on. ``status`` and ``message`` form the reply."""
+    """The client sent something we will not act on. ``status`` and ``message`` form the reply, and
+    ``retry_after`` (seconds), when set, a ``Retry-After`` header (429: when trying again is worth it)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 class Limits(msgspec.Struct, frozen=True):
