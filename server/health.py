@@ -77,7 +77,8 @@ class ReportingStorage:
     """A :class:`StorageEngine` that reports each call's outcome to :class:`Health`, then behaves as ``inner``.
 
     Only :class:`StorageUnavailableError` counts as a failure; a write (or ``check_writable``) that succeeds
-    while storage is marked failed recovers it, a read does not. Its owner runs ``inner`` (``run`` is delegated for completeness, not called by the server).
+    while storage is marked failed recovers it, a read does not. The service runs ``inner`` itself;
+    ``run`` is delegated only so that this is a complete engine.
     """
 
     def __init__(self, inner: StorageEngine, health: Health) -> None:

@@ -37,8 +37,8 @@ def parse_date_ms(text: str) -> int | None:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    # timedelta arithmetic, not ``timestamp()``: that raises OverflowError when the offset pushes the
-    # time past year 1 or 9999 (``0001-01-01T00:00+01:00``), and a float loses sub-millisecond exactness.
-    # Every result lies within ±2^48 ms, so SQLite stores it as it is.
+    # Integer timedelta arithmetic rather than ``timestamp() * 1000``: exact to the millisecond at any date
+    # (a float is not, far from 1970), floored as JavaScript's Date floors, and it cannot raise. Every
+    # result lies within ±2^48 ms, so SQLite binds it as it is.
     offset = parsed.utcoffset() or timedelta(0)
     return (parsed.replace(tzinfo=None) - _EPOCH - offset) // _MS

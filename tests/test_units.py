@@ -187,7 +187,7 @@ def test_parse_date() -> None:
     assert parse_date_ms("2025-06-24T07:02:14.663Z") == 1750748534663
     assert parse_date_ms("2025-06-24") == 1750723200000
     assert parse_date_ms("yesterday") is None
-    # timestamp() raised OverflowError on these (the offset pushes them past year 1 / 9999): a 500 before.
+    # The extremes that ``since`` can name: exact integers, whatever the offset.
     assert parse_date_ms("0001-01-01T00:00:00+01:00") == -62135600400000
     assert parse_date_ms("9999-12-31T23:59:59.999-23:59") == 253402387139999
     assert parse_date_ms("1969-12-31T23:59:59.9995Z") == -1, "floor to the millisecond, as JavaScript's Date"
