@@ -110,6 +110,9 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None) -> Target:
         # Setup hashes thousands of passwords through signup-batch; that is not what is measured.
         "--bcrypt-batch-rounds",
         "4",
+        # The per-connection send limit would cap a stress ramp's publisher: the bench measures the server.
+        "--message-rate",
+        "0",
         *(extra_args or []),
     ]
     log = open(Path(workdir) / "server.log", "wb")  # noqa: SIM115 -- lives as long as the server

@@ -15,15 +15,23 @@ import msgspec
 
 HISTORY_DEFAULT_LIMIT = 100
 HISTORY_MAX_LIMIT = 1000
+# The largest seq a cursor may name: JavaScript's Number.MAX_SAFE_INTEGER (2^53 - 1), the largest integer a
+# JS client holds exactly, and far below SQLite's 2^63 - 1, past which binding the value raises OverflowError.
+MAX_SEQ = 2**53 - 1
+# An integer parameter longer than this is refused before int() sees it: no bound needs more digits
+# (MAX_SEQ has 16), and int() of a many-thousand-digit string costs time or raises ValueError.
+MAX_INT_PARAM_CHARS = 20
 
 
 class RequestError(Exception):
-    """The client sent something we will not act on. ``status`` and ``message`` form the reply."""
+    """The client sent something we will not act on. ``status`` and ``message`` form the reply, and
+    ``retry_after`` (seconds), when set, a ``Retry-After`` header (429: when trying again is worth it)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
 
 
 class Limits(msgspec.Struct, frozen=True):
@@ -130,24 +138,25 @@ def invitees(body: Any, limits: Limits) -> list[str]:
 
 
 def history_params(query: Mapping[str, str]) -> HistoryParams:
-    """``limit`` (1-1000), ``after_seq`` / ``before_seq`` (integers ≥ 0), ``since`` (a date)."""
+    """``limit`` (1-1000), ``after_seq`` / ``before_seq`` (integers 0 to 2^53 - 1), ``since`` (a date)."""
     limit = _int_param(query, "limit", low=1, high=HISTORY_MAX_LIMIT)
     return HistoryParams(
         limit=HISTORY_DEFAULT_LIMIT if limit is None else limit,
-        after_seq=_int_param(query, "after_seq", low=0),
-        before_seq=_int_param(query, "before_seq", low=0),
+        after_seq=_int_param(query, "after_seq", low=0, high=MAX_SEQ),
+        before_seq=_int_param(query, "before_seq", low=0, high=MAX_SEQ),
         since=query.get("since"),
     )
 
 
-def _int_param(query: Mapping[str, str], name: str, *, low: int, high: int | None = None) -> int | None:
+def _int_param(query: Mapping[str, str], name: str, *, low: int, high: int) -> int | None:
+    """A bounded decimal integer, or None when absent; anything else (signs, non-ASCII digits, too many
+    digits, out of range) is a 400, so no later layer ever sees an integer it cannot store."""
     raw = query.get(name)
     if raw is None:
         return None
     text = raw.strip()
-    bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
-    if not (text.isascii() and text.isdigit()) or int(text) < low or (high is not None and int(text) > high):
-        raise RequestError(400, f"{name} must be an integer {bound}")
+    if len(text) > MAX_INT_PARAM_CHARS or not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
+        raise RequestError(400, f"{name} must be an integer from {low} to {high}")
     return int(text)
 
 

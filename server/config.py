@@ -20,6 +20,7 @@ DEFAULT_JWT_SECRET = "your-secret-key"  # the original server's default (contrac
 LogLevel = Literal["debug", "info", "warning", "error"]
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 DeliveryMode = Literal["durable", "fast"]
+AdminRoutes = Literal["open", "token", "off"]
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -49,6 +50,20 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     max_content_chars: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 20_000
+    # Operator safety and storage failures (hard-ops).
+    sqlite_busy_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    storage_retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 2
+    admin_routes: AdminRoutes = "open"
+    admin_token: str = ""
+    login_attempts: Annotated[int, msgspec.Meta(ge=0)] = 10
+    login_ip_attempts: Annotated[int, msgspec.Meta(ge=0)] = 100
+    login_window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    message_rate: Annotated[float, msgspec.Meta(ge=0)] = 2000.0
+    message_burst: Annotated[int, msgspec.Meta(ge=1)] = 4000
+
+    def __post_init__(self) -> None:
+        if self.admin_routes == "token" and not self.admin_token:
+            raise ValueError("admin_routes = token needs an admin token: set ADMIN_TOKEN (or --admin-token)")
 
     @property
     def uses_default_secret(self) -> bool:
@@ -227,6 +242,78 @@ OPTIONS: tuple[Option, ...] = (
         "--max-connections",
         "MAX_CONNECTIONS",
         "most Engine.IO sessions at once, in sessions (default 20000)",
+        "N",
+    ),
+    # Operator safety and storage failures (hard-ops).
+    Option(
+        "sqlite_busy_timeout",
+        "--sqlite-busy-timeout",
+        "SQLITE_BUSY_TIMEOUT",
+        "seconds a write waits for another connection's lock on the SQLite file before the request is answered"
+        " 503 (default 5, Python's sqlite3 default)",
+        "SECONDS",
+    ),
+    Option(
+        "storage_retry_after",
+        "--storage-retry-after",
+        "STORAGE_RETRY_AFTER",
+        "seconds sent as Retry-After with a 503 while storage is failing (default 2: a lock or a full disk"
+        " that clears is noticed soon, without a retry storm)",
+        "SECONDS",
+    ),
+    Option(
+        "admin_routes",
+        "--admin-routes",
+        "ADMIN_ROUTES",
+        "DELETE /api/auth/delete-all-users and /api/messages/delete-all: open (anyone, as the original: the"
+        " admin panel uses them; warned about at start), token (Authorization: Bearer <admin token>), off (404)"
+        " (default open)",
+        "MODE",
+    ),
+    Option(
+        "admin_token",
+        "--admin-token",
+        "ADMIN_TOKEN",
+        "the token the admin routes require with --admin-routes token; prefer the environment variable,"
+        " which ps cannot show (default: none)",
+        "TOKEN",
+    ),
+    Option(
+        "login_attempts",
+        "--login-attempts",
+        "LOGIN_ATTEMPTS",
+        "failed logins per username per --login-window before 429, checked before bcrypt runs (default 10;"
+        " 0 = no limit): a password guesser gets 10 guesses a minute, a user who mistypes is not locked out",
+        "N",
+    ),
+    Option(
+        "login_ip_attempts",
+        "--login-ip-attempts",
+        "LOGIN_IP_ATTEMPTS",
+        "failed login requests per client IP per --login-window before 429 (default 100; 0 = no limit); a"
+        " batch counts once. Behind a proxy every client has the proxy's IP: raise it or set 0",
+        "N",
+    ),
+    Option(
+        "login_window",
+        "--login-window",
+        "LOGIN_WINDOW",
+        "seconds over which the login limits count, refilled continuously (default 60)",
+        "SECONDS",
+    ),
+    Option(
+        "message_rate",
+        "--message-rate",
+        "MESSAGE_RATE",
+        "send_message events per second per connection (token bucket; over it: the error event, not stored;"
+        " default 2000, 60 times the load test's fastest client; 0 = no limit)",
+        "PER_SECOND",
+    ),
+    Option(
+        "message_burst",
+        "--message-burst",
+        "MESSAGE_BURST",
+        "send_message events one connection may send at once above the rate (default 4000: two seconds' worth)",
         "N",
     ),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ from server.http_io import error_response, json_response
 from server.routes_auth import auth_routes
 from server.routes_chat import chat_routes
 from server.services import Services
+from storage.errors import StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,14 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
 
     @app.get("/ready")
     async def ready() -> Response:
+        health = svc.health
+        if health.storage_failing:
+            # Probe, so that recovery is seen even when no traffic arrives: a load balancer stops sending
+            # requests to a server that is not ready. The probe reports its outcome to health itself.
+            with contextlib.suppress(StorageUnavailableError):
+                await svc.storage.check_writable()
+        if not health.ready:
+            return json_response({"status": "NOT READY", "message": health.reason}, 503)
         return json_response({"status": "OK", "message": "MiniTalk Backend is ready"})
 
     @app.before_request
@@ -57,7 +67,18 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
 
     @app.errorhandler(RequestError)
     async def bad_request(error: RequestError) -> Response:
-        return error_response(error.status, error.message)
+        response = error_response(error.status, error.message)
+        if error.retry_after is not None:
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response
+
+    @app.errorhandler(StorageUnavailableError)
+    async def storage_unavailable(error: StorageUnavailableError) -> Response:
+        # Already reported to svc.health by the storage proxy; nothing was changed, so a retry is safe.
+        log.debug("%s %s: %s", request.method, request.path, error)  # health logs the outage once
+        response = error_response(503, "Storage temporarily unavailable, try again")
+        response.headers["Retry-After"] = str(svc.storage_retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -63,3 +64,25 @@ def authenticated_user(tokens: Tokens) -> str:
     if username is None:
         raise RequestError(403, "Invalid or expired token")
     return username
+
+
+def client_ip() -> str:
+    """The TCP peer's address (a proxy's, behind one: X-Forwarded-For is not trusted, anyone can send it)."""
+    return request.remote_addr or "unknown"
+
+
+def admin_gate(mode: str, admin_token: str) -> None:
+    """The ``--admin-routes`` check for the two delete-all routes; returns when the request may go on.
+
+    ``open``: the original's behaviour (the route does its own checks). ``off``: 404 as an unknown route.
+    ``token``: ``Authorization: <scheme> <admin token>``, read as the contract's auth middleware reads a
+    JWT (§1.1); anything else is 403, which the frontend does not treat as a logout (a 401 would be).
+    """
+    if mode == "open":
+        return
+    if mode == "off":
+        raise RequestError(404, f"Cannot {request.method} {request.path}")
+    given = bearer_token(request.headers.get("Authorization")) or ""
+    # compare_digest: the time taken does not tell a guesser how many leading characters were right.
+    if not (admin_token and hmac.compare_digest(given.encode(), admin_token.encode())):
+        raise RequestError(403, "Admin token required: this server runs with --admin-routes token")

@@ -46,6 +46,7 @@ from protocol.websocket import frame
 from server.metrics import Metrics
 from server.outbox import Flusher
 from server.rooms import RoomRegistry
+from server.send_limit import SendRateLimit
 from server.session import Session
 from server.tokens import Tokens
 from storage.batcher import WriteBehindBatcher
@@ -98,6 +99,7 @@ class Hub:
         self._recent: OrderedDict[tuple[str, str, str], list[Ticket] | AckOk] = OrderedDict()
         self.accepting = True
         self.batcher: WriteBehindBatcher[Ticket] | None = None
+        self.send_limit: SendRateLimit | None = None  # set by the service; None: no per-connection limit
         self.messages_broadcast = 0
         self.deliveries = 0
         self.deliveries_dropped = 0
@@ -266,6 +268,9 @@ class Hub:
             session.send(ack_packet(ack_id, AckError(message)))
 
     async def _send_message(self, session: Session, event: SendMessage, ack_id: int | None) -> None:
+        if self.send_limit is not None and not self.send_limit.allow(session):
+            self._reject(session, self.send_limit.refusal, ack_id)
+            return
         data, user = event.data, session.user
         assert user is not None and self.batcher is not None
         if not self.accepting:

@@ -26,6 +26,9 @@ class Metrics:
         self.messages_rejected = Counter(
             "minitalk_messages_rejected", "send_message events refused with an error", registry=r
         )
+        self.rate_limited = Counter(
+            "minitalk_rate_limited", "send_message events refused by the per-connection rate limit", registry=r
+        )
         self.slow_consumer_disconnects = Counter(
             "minitalk_slow_consumer_disconnects", "members cut off for falling behind", registry=r
         )

@@ -6,7 +6,7 @@ and the realtime hub joins sockets to their rooms at connect time from here.
 Ordering: each mutation changes memory and then submits its storage write with no await in between.
 Storage engines apply writes in submission order, so the database sees mutations in the order memory
 did, even when many requests interleave. If a write fails, the mutation is undone in memory and the
-error propagates (the route answers 500).
+error propagates (the route answers 503 when storage is unavailable for now, else 500).
 """
 
 from __future__ import annotations

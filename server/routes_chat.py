@@ -9,7 +9,7 @@ from quart import Blueprint, Response, request
 
 from protocol import rest
 from protocol.rest import RequestError
-from server.http_io import authenticated_user, json_response, read_body
+from server.http_io import admin_gate, authenticated_user, json_response, read_body
 from server.rooms import Room
 from server.services import Services
 from storage.records import HistoryQuery, StoredMessage
@@ -103,7 +103,9 @@ def chat_routes(svc: Services) -> Blueprint:
 
     @bp.delete("/messages/delete-all")
     async def delete_all_messages() -> Response:
-        authenticated_user(svc.tokens)
+        admin_gate(svc.admin_routes, svc.admin_token)
+        if svc.admin_routes == "open":  # any user, as the original; in token mode the admin token is the auth
+            authenticated_user(svc.tokens)
         rest.confirmation(await read_body(), "DELETE_ALL_MESSAGES_CONFIRM")
         deleted, rooms = await svc.storage.delete_all_messages()
         return json_response(

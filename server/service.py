@@ -18,9 +18,11 @@ import logging
 import hypercorn.config
 import trio
 
+from protocol.ratelimit import LoginGuard
 from protocol.rest import Limits
 from server.config import Config
 from server.frontdoor import FrontDoor
+from server.health import Health, ReportingStorage
 from server.http_app import create_app
 from server.http_handoff import HttpHandoff
 from server.hub import Hub, HubSettings, Ticket
@@ -28,6 +30,7 @@ from server.metrics import Metrics
 from server.passwords import PasswordHasher
 from server.polling import polling_routes
 from server.rooms import RoomRegistry
+from server.send_limit import SendRateLimit
 from server.services import Services
 from server.tokens import Tokens
 from server.ws_endpoint import WebSocketEndpoint
@@ -68,8 +71,15 @@ def hub_settings(config: Config) -> HubSettings:
 class MinitalkServer:
     def __init__(self, config: Config, *, storage: StorageEngine | None = None) -> None:
         self.config = config
-        self.storage = storage or open_storage(config.database, sqlite_synchronous=config.sqlite_synchronous)
-        self.registry = RoomRegistry(self.storage)
+        self.storage = storage or open_storage(
+            config.database,
+            sqlite_synchronous=config.sqlite_synchronous,
+            sqlite_busy_timeout=config.sqlite_busy_timeout,
+        )
+        # Readiness has one owner; REST's storage calls (the registry's included) report to it.
+        self.health = Health()
+        rest_storage = ReportingStorage(self.storage, self.health)
+        self.registry = RoomRegistry(rest_storage)
         tokens = Tokens(config.jwt_secret)
         self.metrics = Metrics()
         self.hub = Hub(hub_settings(config), self.registry, tokens, self.metrics)
@@ -82,14 +92,29 @@ class MinitalkServer:
             # Fast mode: members saw a message before it was stored, so it is retried until it is.
             retry_until_stored=config.delivery_mode == "fast",
             observer=self.metrics,
+            health=self.health,
         )
         self.hub.batcher = self.batcher
+        if config.message_rate > 0:
+            self.hub.send_limit = SendRateLimit(config.message_rate, config.message_burst, self.metrics.rate_limited)
         self.metrics.bind(self.hub.statistics, self.batcher.queue_depth)
         limits = Limits(config.max_batch_items, config.max_participants, config.max_name_chars)
         hasher = PasswordHasher(
             rounds=config.bcrypt_rounds, batch_rounds=config.bcrypt_batch_rounds, threads=config.hash_threads
         )
-        services = Services(self.storage, self.registry, tokens, hasher, limits, config.max_body_bytes)
+        services = Services(
+            rest_storage,
+            self.registry,
+            tokens,
+            hasher,
+            limits,
+            config.max_body_bytes,
+            self.health,
+            LoginGuard(config.login_attempts, config.login_ip_attempts, config.login_window),
+            storage_retry_after=config.storage_retry_after,
+            admin_routes=config.admin_routes,
+            admin_token=config.admin_token,
+        )
         app = create_app(services, extra=[polling_routes(self.hub, self.metrics)])
         self.http = HttpHandoff(app, _hypercorn_config(config))
         self.front_door = FrontDoor(
@@ -105,6 +130,7 @@ class MinitalkServer:
 
     def request_shutdown(self) -> None:
         """Begin a graceful stop; ``run`` returns when it is complete."""
+        self.health.shutting_down()
         self._shutdown.set()
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
+from protocol.ratelimit import LoginGuard
 from protocol.rest import Limits
+from server.health import Health
 from server.passwords import PasswordHasher
 from server.rooms import RoomRegistry
 from server.tokens import Tokens
@@ -18,3 +22,8 @@ class Services(msgspec.Struct, frozen=True):
     hasher: PasswordHasher
     limits: Limits
     max_body_bytes: int
+    health: Health
+    login_guard: LoginGuard
+    storage_retry_after: int = 2  # seconds, the Retry-After of a 503
+    admin_routes: Literal["open", "token", "off"] = "open"
+    admin_token: str = ""

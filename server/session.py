@@ -15,6 +15,7 @@ from collections.abc import Callable
 import trio
 
 from protocol import engineio
+from protocol.ratelimit import TokenBucket
 from protocol.websocket import close_frame, frame
 from server.outbox import Outbox
 
@@ -37,6 +38,7 @@ class Session:
         "on_overflow",
         "pong_deadline",
         "rooms",
+        "send_bucket",
         "sid",
         "sio_sid",
         "token",
@@ -81,6 +83,8 @@ class Session:
         # websocket transport
         self.ws: Outbox | None = None
         self.ws_scope: trio.CancelScope | None = None
+        # send_message rate limit (server/send_limit.py): made on the first send, so idle sessions cost nothing
+        self.send_bucket: TokenBucket | None = None
 
     @property
     def pending_bytes(self) -> int:

@@ -189,7 +189,7 @@ class WriteBehindBatcher(Generic[T]):
 
     def _retry(self, attempt: int, size: int, error: Exception) -> bool:
         """Whether to try a failed commit again; tells ``health`` that storage is failing."""
-        if not self._failing and self.health is not None:
+        if self.health is not None:  # every time: a REST write that got through must not hide failing commits
             self.health.storage_failed(f"commits are failing: {error}")
         self._failing = True
         if self._retry_until_stored and trio.current_time() < self._give_up_at:

@@ -3,6 +3,10 @@
 An engine is a service: ``run`` opens it (schema created or migrated), reports ready through
 ``task_status``, and keeps it open until cancelled; on the way out it finishes the work it accepted.
 Every other method may be called only while ``run`` is active.
+
+Failures: a call the database refuses for now (another writer holds the lock past the busy timeout, the
+disk is full, an I/O error) raises :class:`~storage.errors.StorageUnavailableError` and changes nothing;
+the caller may retry. Engines never let their driver's exceptions escape for such conditions.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, Stor
 
 class StorageEngine(Protocol):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def check_writable(self) -> None:
+        """Return if a write could be committed now; else raise StorageUnavailableError. Writes nothing.
+
+        The readiness probe calls it while a storage failure is reported, so a server that no traffic
+        reaches (a load balancer stops sending to a not-ready one) still notices that storage is back.
+        """
+        ...
 
     # Users
     async def insert_users(self, users: Sequence[UserRecord]) -> list[bool]:

@@ -11,3 +11,11 @@ class StorageClosedError(StorageError):
 
 class UnsupportedDatabaseError(StorageError):
     """The database URL names an engine this build cannot open."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database refused a call for now (locked by another writer, disk full, I/O error).
+
+    Nothing was changed; the same call may succeed later, so the server answers 503 with Retry-After
+    rather than 500. Engines raise this instead of their driver's errors, so callers never import a driver.
+    """

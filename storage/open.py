@@ -22,10 +22,12 @@ def sqlite_path(url: str) -> str | None:
     return url
 
 
-def open_storage(url: str, *, sqlite_synchronous: Synchronous = "FULL") -> StorageEngine:
+def open_storage(
+    url: str, *, sqlite_synchronous: Synchronous = "FULL", sqlite_busy_timeout: float = 5.0
+) -> StorageEngine:
     path = sqlite_path(url)
     if path is not None:
-        return SqliteEngine(path, synchronous=sqlite_synchronous)
+        return SqliteEngine(path, synchronous=sqlite_synchronous, busy_timeout=sqlite_busy_timeout)
     scheme = url.split("://", 1)[0]
     raise UnsupportedDatabaseError(
         f"database scheme {scheme!r} is not supported by this build; use sqlite:///path/to/file.db"

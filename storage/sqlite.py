@@ -1,27 +1,42 @@
-"""The SQLite storage engine: the async face of :class:`SqliteStore`, run on one dedicated thread."""
+"""The SQLite storage engine: the async face of :class:`SqliteStore`, run on one dedicated thread.
+
+Errors: SQLite's "for now" failures (``database is locked`` past the busy timeout, ``database or disk is
+full``, ``disk I/O error``, a read-only file) arrive as ``sqlite3.OperationalError``, and damage as a plain
+``sqlite3.DatabaseError``; both leave as :class:`StorageUnavailableError`. Its subclasses that mean a bug
+in our SQL (``IntegrityError``, ``ProgrammingError``, ...) pass through unchanged: they are 500s.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any, TypeVar
 
 import trio
 
-from storage.errors import StorageClosedError
+from storage.errors import StorageClosedError, StorageUnavailableError
 from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
 from storage.sqlite_store import SqliteStore, Synchronous
 from storage.worker import WorkerThread
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+def _unavailable(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
 
 class SqliteEngine:
     """Implements :class:`storage.engine.StorageEngine` on an embedded SQLite file (WAL mode)."""
 
-    def __init__(self, path: str, *, synchronous: Synchronous = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = path
         self._synchronous: Synchronous = synchronous
+        self._busy_timeout = busy_timeout
         self._thread = WorkerThread("sqlite-storage")
         self._store: SqliteStore | None = None
 
@@ -29,7 +44,9 @@ class SqliteEngine:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._thread.run)
             try:
-                self._store = await self._thread.call(partial(SqliteStore, self.path, synchronous=self._synchronous))
+                self._store = await self._call(
+                    partial(SqliteStore, self.path, synchronous=self._synchronous, busy_timeout=self._busy_timeout)
+                )
                 log.info(
                     "sqlite storage open at %s (schema version %d found)",
                     self.path,
@@ -53,35 +70,46 @@ class SqliteEngine:
                         self._store = None
                 self._thread.stop()
 
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await self._thread.call(fn, *args)
+        except sqlite3.Error as exc:
+            if _unavailable(exc):
+                raise StorageUnavailableError(f"storage unavailable: {exc}") from exc
+            raise
+
     @property
     def _open(self) -> SqliteStore:
         if self._store is None:
             raise StorageClosedError("the sqlite engine is not open; start it with run()")
         return self._store
 
+    async def check_writable(self) -> None:
+        await self._call(self._open.check_writable)
+
     async def insert_users(self, users: Sequence[UserRecord]) -> list[bool]:
-        return await self._thread.call(self._open.insert_users, users)
+        return await self._call(self._open.insert_users, users)
 
     async def get_users(self, usernames: Sequence[str]) -> dict[str, UserRecord]:
-        return await self._thread.call(self._open.get_users, usernames)
+        return await self._call(self._open.get_users, usernames)
 
     async def delete_all_users(self) -> int:
-        return await self._thread.call(self._open.delete_all_users)
+        return await self._call(self._open.delete_all_users)
 
     async def load_rooms(self) -> list[RoomRecord]:
-        return await self._thread.call(self._open.load_rooms)
+        return await self._call(self._open.load_rooms)
 
     async def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
-        await self._thread.call(self._open.insert_rooms, rooms)
+        await self._call(self._open.insert_rooms, rooms)
 
     async def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None:
-        await self._thread.call(self._open.set_participants, room_id, tuple(participants), updated_at)
+        await self._call(self._open.set_participants, room_id, tuple(participants), updated_at)
 
     async def delete_room(self, room_id: str) -> None:
-        await self._thread.call(self._open.delete_room, room_id)
+        await self._call(self._open.delete_room, room_id)
 
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
-        return await self._thread.call(self._open.append_messages, batch)
+        return await self._call(self._open.append_messages, batch)
 
     async def begin_fast_run(self, seq_gap: int) -> None:
         await self._thread.call(self._open.begin_fast_run, seq_gap)
@@ -93,7 +121,7 @@ class SqliteEngine:
         return await self._thread.call(self._open.recent_idempotent_sends, limit)
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]:
-        return await self._thread.call(self._open.history, query)
+        return await self._call(self._open.history, query)
 
     async def delete_all_messages(self) -> tuple[int, int]:
-        return await self._thread.call(self._open.delete_all_messages)
+        return await self._call(self._open.delete_all_messages)

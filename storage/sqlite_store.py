@@ -38,13 +38,14 @@ def _message(row: tuple[str, str, int, str, str, str, str, str | None]) -> Store
 class SqliteStore:
     """One connection, one thread: see the module docstring."""
 
-    def __init__(self, path: str, *, synchronous: Synchronous = "FULL") -> None:
+    def __init__(self, path: str, *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves (see sqlite_schema.transaction).
         # check_same_thread=False: the connection is created on the worker thread's caller at open time
         # only in tests; in the engine every call, open included, happens on the worker thread.
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # timeout: how long a statement waits for another connection's lock before "database is locked".
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         self._conn.execute("PRAGMA journal_mode = WAL")  # readers never block the writer
         # FULL makes each commit durable against power loss; group commit pays the fsync once per batch.
         self._conn.execute(f"PRAGMA synchronous = {synchronous}")
@@ -55,6 +56,17 @@ class SqliteStore:
 
     def close(self) -> None:
         self._conn.close()
+
+    def check_writable(self) -> None:
+        """Commit one tiny write: raises as a real write would (locked, read-only, disk full, I/O error).
+
+        A real write, not only the lock: on a full disk the lock is free and only the commit fails.
+        """
+        with transaction(self._conn) as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('ready_probe', 1)"
+                " ON CONFLICT (key) DO UPDATE SET value = value + 1"
+            )
 
     # -- the fast-mode crash marker ----------------------------------------------------------------
     def begin_fast_run(self, seq_gap: int) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
+
+_EPOCH = datetime(1970, 1, 1)
+_MS = timedelta(milliseconds=1)
 
 _last_second = -1
 _last_prefix = ""
@@ -34,6 +37,8 @@ def parse_date_ms(text: str) -> int | None:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    # Integer timedelta arithmetic rather than ``timestamp() * 1000``: exact to the millisecond at any date
+    # (a float is not, far from 1970), floored as JavaScript's Date floors, and it cannot raise. Every
+    # result lies within ±2^48 ms, so SQLite binds it as it is.
+    offset = parsed.utcoffset() or timedelta(0)
+    return (parsed.replace(tzinfo=None) - _EPOCH - offset) // _MS

@@ -151,9 +151,11 @@ async def test_disk_full_loses_nothing_acked_and_service_resumes(
             # Durable: past the retries, the senders are answered; fast: retried on and on until stored.
             gave_up = b"could not be stored" if mode == "durable" else b"retrying until it is stored"
             await wait_until(lambda: gave_up in server.log, within=30)
+            assert await ready_status(server.url) == 503, "not ready while commits fail"
             acked_while_full = len(load.acked)
             filler.unlink()
             await wait_until(lambda: len(load.acked) >= acked_while_full + 100, within=30)
+            assert await ready_status(server.url) == 200, "ready again once commits work"
             senders.cancel_scope.cancel()
         assert await server.terminate() == 0
         server = await start_server_process(nursery, args)

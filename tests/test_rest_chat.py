@@ -262,8 +262,13 @@ async def test_history_since(client: httpx.AsyncClient, running: RunningServer, 
         ({"limit": "0"}, "limit must be an integer from 1 to 1000"),
         ({"limit": "1001"}, "limit must be an integer from 1 to 1000"),
         ({"limit": "ten"}, "limit must be an integer from 1 to 1000"),
-        ({"after_seq": "-1"}, "after_seq must be an integer of at least 0"),
-        ({"before_seq": "1.5"}, "before_seq must be an integer of at least 0"),
+        ({"after_seq": "-1"}, "after_seq must be an integer from 0 to 9007199254740991"),
+        ({"before_seq": "1.5"}, "before_seq must be an integer from 0 to 9007199254740991"),
+        # Past SQLite's 64-bit integers: these were a 500 (OverflowError when binding the value).
+        ({"after_seq": str(2**70)}, "after_seq must be an integer from 0 to 9007199254740991"),
+        ({"before_seq": "9" * 400}, "before_seq must be an integer from 0 to 9007199254740991"),
+        ({"after_seq": str(2**53)}, "after_seq must be an integer from 0 to 9007199254740991"),
+        ({"limit": "0" * 30 + "5"}, "limit must be an integer from 1 to 1000"),
     ],
 )
 async def test_history_bad_params(client: httpx.AsyncClient, alice: str, params: dict[str, str], error: str) -> None:

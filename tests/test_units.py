@@ -128,7 +128,10 @@ def test_fuzz_validators_raise_only_request_errors(body: Any) -> None:
             assert 400 <= exc.status < 500 and exc.message
 
 
-@given(query=st.dictionaries(st.sampled_from(["limit", "after_seq", "before_seq", "since"]), st.text(max_size=8)))
+_PARAM_TEXT = st.text(max_size=8) | st.integers(min_value=-(2**80), max_value=2**80).map(str) | st.text("0123456789")
+
+
+@given(query=st.dictionaries(st.sampled_from(["limit", "after_seq", "before_seq", "since"]), _PARAM_TEXT))
 def test_fuzz_history_params(query: dict[str, str]) -> None:
     try:
         params = rest.history_params(query)
@@ -136,6 +139,10 @@ def test_fuzz_history_params(query: dict[str, str]) -> None:
         assert exc.status == 400
     else:
         assert 1 <= params.limit <= rest.HISTORY_MAX_LIMIT
+        for seq in (params.after_seq, params.before_seq):
+            assert seq is None or 0 <= seq <= rest.MAX_SEQ
+        if params.since is not None:
+            parse_date_ms(params.since)  # never raises: None or an integer
 
 
 # -- config ------------------------------------------------------------------------------------------
@@ -180,6 +187,18 @@ def test_parse_date() -> None:
     assert parse_date_ms("2025-06-24T07:02:14.663Z") == 1750748534663
     assert parse_date_ms("2025-06-24") == 1750723200000
     assert parse_date_ms("yesterday") is None
+    # The extremes that ``since`` can name: exact integers, whatever the offset.
+    assert parse_date_ms("0001-01-01T00:00:00+01:00") == -62135600400000
+    assert parse_date_ms("9999-12-31T23:59:59.999-23:59") == 253402387139999
+    assert parse_date_ms("1969-12-31T23:59:59.9995Z") == -1, "floor to the millisecond, as JavaScript's Date"
+
+
+def test_history_seq_bounds() -> None:
+    assert rest.history_params({"after_seq": str(rest.MAX_SEQ)}).after_seq == rest.MAX_SEQ
+    assert rest.history_params({"before_seq": " 0 "}).before_seq == 0
+    for bad in (str(rest.MAX_SEQ + 1), str(2**70), "9" * 400, "1" * 5000, "+1", "0x10"):
+        with pytest.raises(RequestError, match="must be an integer from 0 to 9007199254740991"):
+            rest.history_params({"after_seq": bad})
 
 
 async def test_hasher_reads_bcryptjs_2a_hashes_and_rejects_non_bcrypt() -> None:
