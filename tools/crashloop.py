@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ from tests.sio_peer import wait_until
 
 
 async def crashloop(args: argparse.Namespace) -> dict[str, Any]:
-    server_process.ROOT = Path(args.root).resolve()
+    server_process.ROOT = args.root
     db = Path(tempfile.mkdtemp()) / "crash.db"
     server_args = ["--database", f"sqlite:///{db}", "--bcrypt-rounds", "4", "--bcrypt-batch-rounds", "4"]
     server_args += ["--delivery-mode", args.mode, "--ingest-queue", str(args.ingest_queue)]
@@ -84,6 +83,7 @@ def main() -> None:
     parser.add_argument("--ingest-queue", type=int, default=16384)
     parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent), help="checkout to run")
     args = parser.parse_args()
+    args.root = Path(args.root).resolve()
     print(json.dumps(trio.run(crashloop, args), indent=2))
 
 
