@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,8 @@ async def crashloop(args: argparse.Namespace) -> dict[str, Any]:
             load.url = server.url
             target = len(load.acked) + args.acks_per_round
             async with trio.open_nursery() as round_:
-                round_.start_soon(lambda k=kill: load.run(first=k * 1_000_000, pace=args.pace))
-                await wait_until(lambda t=target: len(load.acked) >= t, within=60)
+                round_.start_soon(partial(load.run, first=kill * 1_000_000, pace=args.pace))
+                await wait_until(partial(_reached, load, target), within=60)
                 if args.signal == "kill":
                     server.proc.kill()
                     await server.proc.wait()
@@ -72,6 +72,10 @@ async def crashloop(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _reached(load: ChatLoad, acked: int) -> bool:
+    return len(load.acked) >= acked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tools.crashloop", description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=["durable", "fast"], default="fast")
@@ -89,4 +93,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    main()
