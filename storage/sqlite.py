@@ -18,7 +18,7 @@ import trio
 
 from storage.errors import StorageClosedError, StorageUnavailableError
 from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
-from storage.sqlite_store import SqliteStore, Synchronous
+from storage.sqlite_store import SqliteReader, SqliteStore, Synchronous
 from storage.worker import WorkerThread
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,9 @@ class SqliteEngine:
         self._busy_timeout = busy_timeout
         self._thread = WorkerThread("sqlite-storage")
         self._store: SqliteStore | None = None
+        # Reads beside the writer (see SqliteReader); an in-memory database has one connection only.
+        self._reader_thread = WorkerThread("sqlite-reader") if path != ":memory:" else None
+        self._reader: SqliteReader | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -52,6 +55,9 @@ class SqliteEngine:
                     self.path,
                     self._store.schema_version_found,
                 )
+                if self._reader_thread is not None:
+                    await nursery.start(self._reader_thread.run)
+                    self._reader = await self._read(partial(SqliteReader, self.path, busy_timeout=self._busy_timeout))
                 if self._store.seq_skipped:
                     log.warning(
                         "the last fast-mode run did not stop cleanly: every room's seq skips %d, so no seq a member"
@@ -65,14 +71,26 @@ class SqliteEngine:
                 # the close run first, so every accepted write is committed before the file is closed.
                 # Then the thread is told to stop, and the nursery waits for it.
                 with trio.CancelScope(shield=True):
+                    if self._reader is not None and self._reader_thread is not None:
+                        reader, self._reader = self._reader, None
+                        await self._reader_thread.call(reader.close)
                     if self._store is not None:
                         await self._thread.call(self._store.close)
                         self._store = None
+                if self._reader_thread is not None:
+                    self._reader_thread.stop()
                 self._thread.stop()
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._on(self._thread, fn, *args)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._on(self._reader_thread or self._thread, fn, *args)
+
+    @staticmethod
+    async def _on(thread: WorkerThread, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await self._thread.call(fn, *args)
+            return await thread.call(fn, *args)
         except sqlite3.Error as exc:
             if _unavailable(exc):
                 raise StorageUnavailableError(f"storage unavailable: {exc}") from exc
@@ -112,15 +130,17 @@ class SqliteEngine:
         return await self._call(self._open.append_messages, batch)
 
     async def begin_fast_run(self, seq_gap: int) -> None:
-        await self._thread.call(self._open.begin_fast_run, seq_gap)
+        await self._call(self._open.begin_fast_run, seq_gap)
 
     async def end_fast_run(self) -> None:
-        await self._thread.call(self._open.end_fast_run)
+        await self._call(self._open.end_fast_run)
 
     async def recent_idempotent_sends(self, limit: int) -> list[StoredMessage]:
-        return await self._thread.call(self._open.recent_idempotent_sends, limit)
+        return await self._call(self._open.recent_idempotent_sends, limit)
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]:
+        if self._reader is not None:
+            return await self._read(self._reader.history, query)
         return await self._call(self._open.history, query)
 
     async def delete_all_messages(self) -> tuple[int, int]:

@@ -256,29 +256,54 @@ class SqliteStore:
         return Appended(message=stored)
 
     def history(self, q: HistoryQuery) -> list[StoredMessage]:
-        where = ["room_id = ?"]
-        args: list[object] = [q.room_id]
-        if q.after_seq is not None:
-            where.append("seq > ?")
-            args.append(q.after_seq)
-        if q.before_seq is not None:
-            where.append("seq < ?")
-            args.append(q.before_seq)
-        if q.since_ms is not None:
-            where.append("ts_ms > ?")
-            args.append(q.since_ms)
-        # Forward paging reads the oldest rows after the cursor; otherwise the newest, then reverses.
-        direction = "ASC" if q.after_seq is not None else "DESC"
-        rows = self._conn.execute(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY seq {direction} LIMIT ?",
-            [*args, q.limit],
-        ).fetchall()
-        if direction == "DESC":
-            rows.reverse()
-        return [_message(r) for r in rows]
+        return read_history(self._conn, q)
 
     def delete_all_messages(self) -> tuple[int, int]:
         with transaction(self._conn) as conn:
             rooms = conn.execute("SELECT COUNT(DISTINCT room_id) FROM messages").fetchone()[0]
             deleted = conn.execute("DELETE FROM messages").rowcount
         return deleted, int(rooms)
+
+
+def read_history(conn: sqlite3.Connection, q: HistoryQuery) -> list[StoredMessage]:
+    """One page of a room's history (see :class:`HistoryQuery`): a range scan on ``(room_id, seq)``."""
+    where = ["room_id = ?"]
+    args: list[object] = [q.room_id]
+    if q.after_seq is not None:
+        where.append("seq > ?")
+        args.append(q.after_seq)
+    if q.before_seq is not None:
+        where.append("seq < ?")
+        args.append(q.before_seq)
+    if q.since_ms is not None:
+        where.append("ts_ms > ?")
+        args.append(q.since_ms)
+    # Forward paging reads the oldest rows after the cursor; otherwise the newest, then reverses.
+    direction = "ASC" if q.after_seq is not None else "DESC"
+    rows = conn.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY seq {direction} LIMIT ?",
+        [*args, q.limit],
+    ).fetchall()
+    if direction == "DESC":
+        rows.reverse()
+    return [_message(r) for r in rows]
+
+
+class SqliteReader:
+    """A second connection, on a thread of its own, for history and catch-up reads.
+
+    Why: in WAL mode readers never block the writer nor wait for it, but one connection on one thread runs
+    its calls in order, so a read queued behind a group commit would wait for its fsync, and a thousand
+    catch-up reads would delay every commit. Here they run beside the writer. Each read is its own
+    transaction, so it sees every commit that finished before it started.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        self._conn.execute("PRAGMA query_only = ON")  # this connection never writes: a bug here cannot either
+
+    def history(self, q: HistoryQuery) -> list[StoredMessage]:
+        return read_history(self._conn, q)
+
+    def close(self) -> None:
+        self._conn.close()
