@@ -145,6 +145,14 @@ class AckError(msgspec.Struct, frozen=True):
 _encoder = msgspec.json.Encoder()
 
 
+_MESSAGE_PREFIX = b'42["message",'
+
+
+def message_packet(message: MessageOut) -> bytes:
+    """The Socket.IO EVENT packet ``42["message",{...}]`` for one message, encoded once for every member."""
+    return _MESSAGE_PREFIX + _encoder.encode(message) + b"]"
+
+
 def event_packet(name: str, payload: Any) -> bytes:
     """A complete Engine.IO message packet carrying one Socket.IO EVENT: ``42["name",payload]``."""
     return b'42["' + name.encode() + b'",' + _encoder.encode(payload) + b"]"

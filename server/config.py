@@ -50,6 +50,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     max_content_chars: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 20_000
+    catchup_high_water: Annotated[int, msgspec.Meta(ge=4096)] = 1024 * 1024
+    catchup_page: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 500
     # Operator safety and storage failures (hard-ops).
     sqlite_busy_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     storage_retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 2
@@ -242,6 +244,21 @@ OPTIONS: tuple[Option, ...] = (
         "--max-connections",
         "MAX_CONNECTIONS",
         "most Engine.IO sessions at once, in sessions (default 20000)",
+        "N",
+    ),
+    Option(
+        "catchup_high_water",
+        "--catchup-high-water",
+        "CATCHUP_HIGH_WATER",
+        "bytes queued to one client past which it stops getting live pushes and catches up from the log instead"
+        " (default 1048576 = 1 MiB): bounds memory per slow reader, and how long a ping waits behind messages",
+        "BYTES",
+    ),
+    Option(
+        "catchup_page",
+        "--catchup-page",
+        "CATCHUP_PAGE",
+        "messages read from the log per catch-up step (default 500; at most 1000, a history page)",
         "N",
     ),
     # Operator safety and storage failures (hard-ops).

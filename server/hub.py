@@ -40,9 +40,10 @@ from protocol.events import (
     decode_event,
     error_packet,
     event_packet,
+    message_packet,
 )
 from protocol.socketio import SioType
-from protocol.websocket import frame
+from server.delivery import Delivery
 from server.metrics import Metrics
 from server.outbox import Flusher
 from server.rooms import RoomRegistry
@@ -50,6 +51,7 @@ from server.send_limit import SendRateLimit
 from server.session import Session
 from server.tokens import Tokens
 from storage.batcher import WriteBehindBatcher
+from storage.engine import StorageEngine
 from storage.ids import new_id
 from storage.records import Appended, NewMessage, StoredMessage
 from storage.timefmt import iso_utc
@@ -72,6 +74,8 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     outbox_max_messages: int = 10_000
     max_connections: int = 20_000
     recent_ids: int = 100_000
+    catchup_high_water: int = 1024 * 1024
+    catchup_page: int = 500
 
 
 class Ticket:
@@ -85,14 +89,18 @@ class Ticket:
 
 
 class Hub:
-    def __init__(self, settings: HubSettings, registry: RoomRegistry, tokens: Tokens, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: HubSettings, registry: RoomRegistry, tokens: Tokens, metrics: Metrics, storage: StorageEngine
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.tokens = tokens
         self.metrics = metrics
         self.flusher = Flusher()
         self.sessions: dict[str, Session] = {}
-        self._subscribers: dict[str, set[Session]] = {}
+        self.delivery = Delivery(
+            storage, registry.head, high_water=settings.catchup_high_water, page=settings.catchup_page
+        )
         self._doomed: list[tuple[Session, str]] = []
         self._reaper = trio.lowlevel.ParkingLot()
         # Fast mode's idempotency window: see _remember.
@@ -101,13 +109,12 @@ class Hub:
         self.batcher: WriteBehindBatcher[Ticket] | None = None
         self.send_limit: SendRateLimit | None = None  # set by the service; None: no per-connection limit
         self.messages_broadcast = 0
-        self.deliveries = 0
-        self.deliveries_dropped = 0
 
     # -- lifetime ----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.flusher.run)
+            await nursery.start(self.delivery.run)
             nursery.start_soon(self._heartbeat)
             nursery.start_soon(self._reap)
             nursery.start_soon(self.metrics.watch_loop_lag)
@@ -147,7 +154,7 @@ class Hub:
         if session.closed and session.sid not in self.sessions:
             return
         self.sessions.pop(session.sid, None)
-        self._unsubscribe_all(session)
+        self.delivery.unsubscribe_all(session)
         session.close_reason = reason
         session.close_transport()
         log.debug("session %s closed: %s", session.sid, reason)
@@ -222,7 +229,7 @@ class Hub:
         if packet.type == SioType.CONNECT:
             self._connect(session)
         elif packet.type == SioType.DISCONNECT:
-            self._unsubscribe_all(session)
+            self.delivery.unsubscribe_all(session)
             session.sio_sid = None
         elif packet.type == SioType.EVENT and session.sio_sid is not None:
             await self._on_event(session, packet)
@@ -236,7 +243,7 @@ class Hub:
         session.sio_sid = session.sio_sid or secrets.token_urlsafe(15)
         session.send(b'40{"sid":"' + session.sio_sid.encode() + b'"}')
         for room in self.registry.rooms_of(user):  # auto-join every room the user is in (§3.2)
-            self._subscribe(session, room.room_id)
+            self.delivery.subscribe(session, room.room_id)
 
     async def _on_event(self, session: Session, packet: socketio.SioPacket) -> None:
         try:
@@ -249,12 +256,12 @@ class Hub:
         elif isinstance(event, JoinRoom):
             room_id = event.data.roomId
             if self.registry.is_member(room_id, session.user or ""):
-                self._subscribe(session, room_id)
+                self.delivery.subscribe(session, room_id)
                 session.send(event_packet("joined_room", {"roomId": room_id}))
             else:
                 session.send(error_packet(ERR_NOT_MEMBER))
         elif isinstance(event, LeaveRoom):
-            self._unsubscribe(session, event.data.roomId)
+            self.delivery.unsubscribe(session, event.data.roomId)
             session.send(event_packet("left_room", {"roomId": event.data.roomId}))
         elif isinstance(event, Rejected):
             self._reject(session, event.message, packet.ack_id if event.event == "send_message" else None)
@@ -358,9 +365,11 @@ class Hub:
         self.metrics.messages_accepted.inc(len(batch))  # per batch, not per message: counters cost a lock
         # Durable mode broadcasts a batch's messages room by room, each room's in seq order, joined into one
         # outbox entry per member: a 1,000-member room costs 1,000 pushes per batch, not per message.
-        outgoing: dict[str, list[bytes]] = {}
-        for result in results:
+        outgoing: dict[str, tuple[int, list[bytes]]] = {}
+        for (message, _), result in zip(batch, results, strict=True):
             stored = result.message
+            if not durable and message.seq is not None:
+                self.delivery.stored(message.room_id, message.seq)  # in the log now (or a repeat: never)
             if stored is None or result.duplicate:
                 continue
             room = self.registry.get(stored.room_id)
@@ -370,9 +379,10 @@ class Hub:
                 out = MessageOut(
                     "message", stored.room_id, stored.sender, stored.content, stored.timestamp, stored.id, stored.seq
                 )
-                outgoing.setdefault(stored.room_id, []).append(_message_packet(out))
-        for room_id, packets in outgoing.items():
-            self.broadcast_many(room_id, packets)
+                run = outgoing.setdefault(stored.room_id, (stored.seq, []))
+                run[1].append(message_packet(out))
+        for room_id, (first_seq, packets) in outgoing.items():
+            self.delivery.publish(room_id, packets, first_seq)
             self.messages_broadcast += len(packets)
         # Acks after the broadcasts: a sender that is in the room sees its message before the ack.
         for (message, ticket), result in zip(batch, results, strict=True):
@@ -390,6 +400,8 @@ class Hub:
             log.error("%d broadcast messages could not be stored before the shutdown deadline", lost)
         log.error("a batch of %d messages could not be stored: %s", len(batch), error)
         for message, ticket in batch:
+            if message.seq is not None:
+                self.delivery.stored(message.room_id, message.seq)  # never will be: catch-up must not wait for it
             if not ticket.session.closed:
                 ticket.session.send(error_packet(ERR_SEND_FAILED))
             self._answer(ticket, AckError(ERR_SEND_FAILED))
@@ -413,54 +425,11 @@ class Hub:
 
     # -- broadcast ---------------------------------------------------------------------------------
     def _broadcast_message(self, message: MessageOut) -> None:
-        self.broadcast(message.roomId, _message_packet(message))
+        """Fast mode: one message to its room at once, and into the room's uncommitted tail until stored."""
+        packet = message_packet(message)
+        self.delivery.hold(message.roomId, message.seq, packet)
+        self.delivery.publish(message.roomId, [packet], message.seq)
         self.messages_broadcast += 1  # exported at scrape time
-
-    def broadcast(self, room_id: str, packet: bytes) -> int:
-        """Send one packet to every subscriber of the room: encoded and framed once, no await."""
-        members = self._subscribers.get(room_id)
-        if not members:
-            return 0
-        ws_frame = frame(packet)
-        delivered = 0
-        for session in members:
-            if session.send(packet, ws_frame):
-                delivered += 1
-        self.deliveries += delivered
-        self.deliveries_dropped += len(members) - delivered
-        return delivered
-
-    def broadcast_many(self, room_id: str, packets: list[bytes]) -> int:
-        """Send several packets, in order, to every subscriber of the room: one outbox entry per member."""
-        if len(packets) == 1:
-            return self.broadcast(room_id, packets[0])
-        members = self._subscribers.get(room_id)
-        if not members:
-            return 0
-        ws_frames = b"".join([frame(packet) for packet in packets])
-        delivered = 0
-        for session in members:
-            if session.send_many(packets, ws_frames):
-                delivered += 1
-        self.deliveries += delivered * len(packets)
-        self.deliveries_dropped += (len(members) - delivered) * len(packets)
-        return delivered
-
-    def _subscribe(self, session: Session, room_id: str) -> None:
-        session.rooms.add(room_id)
-        self._subscribers.setdefault(room_id, set()).add(session)
-
-    def _unsubscribe(self, session: Session, room_id: str) -> None:
-        session.rooms.discard(room_id)
-        members = self._subscribers.get(room_id)
-        if members is not None:
-            members.discard(session)
-            if not members:
-                del self._subscribers[room_id]
-
-    def _unsubscribe_all(self, session: Session) -> None:
-        for room_id in list(session.rooms):
-            self._unsubscribe(session, room_id)
 
     def statistics(self) -> dict[str, int]:
         by_transport = {"websocket": 0, "polling": 0}
@@ -469,20 +438,14 @@ class Hub:
             by_transport[session.transport] += 1
             if session.ws is not None:
                 outbox_bytes += session.ws.nbytes
+        delivery = self.delivery
         return {
             **by_transport,
             "outbox_bytes": outbox_bytes,
-            "rooms": len(self._subscribers),
+            "rooms": delivery.rooms(),
+            "lagging": delivery.lagging(),
             "messages_broadcast": self.messages_broadcast,
-            "deliveries": self.deliveries,
-            "deliveries_dropped": self.deliveries_dropped,
+            "deliveries": delivery.messages_pushed + delivery.messages_caught_up,
+            "deliveries_caught_up": delivery.messages_caught_up,
+            "lag_episodes": delivery.lag_episodes,
         }
-
-
-_encoder = msgspec.json.Encoder()
-_MESSAGE_PREFIX = b'42["message",'
-
-
-def _message_packet(message: MessageOut) -> bytes:
-    """The Socket.IO EVENT packet ``42["message",{...}]`` for one message, encoded once for every member."""
-    return _MESSAGE_PREFIX + _encoder.encode(message) + b"]"

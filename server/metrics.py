@@ -49,6 +49,9 @@ class Metrics:
             "connections closed because handling them raised an unexpected exception (each one logged)",
             registry=r,
         )
+        self.lagging_members = Gauge(
+            "minitalk_lagging_members", "members catching up from the log instead of live pushes", registry=r
+        )
         self.outbox_bytes = Gauge("minitalk_outbox_bytes", "bytes waiting in websocket outboxes", registry=r)
         self.ingest_queue = Gauge("minitalk_ingest_queue", "messages waiting for the batcher", registry=r)
         self.loop_lag = Gauge("minitalk_event_loop_lag_seconds", "latest event-loop lag sample", registry=r)
@@ -68,6 +71,7 @@ class Metrics:
         self.connections.labels("websocket").set_function(lambda: hub_stats()["websocket"])
         self.connections.labels("polling").set_function(lambda: hub_stats()["polling"])
         self.outbox_bytes.set_function(lambda: hub_stats()["outbox_bytes"])
+        self.lagging_members.set_function(lambda: hub_stats()["lagging"])
         self.ingest_queue.set_function(queue_depth)
         self.registry.register(_HubCounters(hub_stats))
 
@@ -88,8 +92,9 @@ class _HubCounters(Collector):
 
     _HELP = {
         "messages_broadcast": "messages broadcast to a room",
-        "deliveries": "message packets queued to members",
-        "deliveries_dropped": "message packets not delivered (member's outbox full or closed)",
+        "deliveries": "message packets queued to members (live pushes and catch-up from the log)",
+        "deliveries_caught_up": "message packets a lagging member read from the log instead of a live push",
+        "lag_episodes": "times a member fell behind its rooms and was switched to catch-up (never cut off)",
     }
 
     def __init__(self, hub_stats: Callable[[], dict[str, int]]) -> None:

@@ -77,6 +77,11 @@ class RoomRegistry:
     def __len__(self) -> int:
         return len(self._rooms)
 
+    def head(self, room_id: str) -> int:
+        """The room's last seq (0 for a room that does not exist)."""
+        room = self._rooms.get(room_id)
+        return 0 if room is None else room.last_seq
+
     def get(self, room_id: str) -> Room | None:
         return self._rooms.get(room_id)
 

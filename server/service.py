@@ -65,6 +65,8 @@ def hub_settings(config: Config) -> HubSettings:
         outbox_max_bytes=config.outbox_max_bytes,
         outbox_max_messages=config.outbox_max_messages,
         max_connections=config.max_connections,
+        catchup_high_water=config.catchup_high_water,
+        catchup_page=config.catchup_page,
     )
 
 
@@ -82,7 +84,7 @@ class MinitalkServer:
         self.registry = RoomRegistry(rest_storage)
         tokens = Tokens(config.jwt_secret)
         self.metrics = Metrics()
-        self.hub = Hub(hub_settings(config), self.registry, tokens, self.metrics)
+        self.hub = Hub(hub_settings(config), self.registry, tokens, self.metrics, self.storage)
         self.batcher: WriteBehindBatcher[Ticket] = WriteBehindBatcher(
             self.storage,
             self.hub,

@@ -31,13 +31,14 @@ class Session:
         "closed",
         "connect_deadline",
         "created",
+        "cursors",
         "inbound",
+        "lagging",
         "max_queue_bytes",
         "max_queue_packets",
         "next_ping",
         "on_overflow",
         "pong_deadline",
-        "rooms",
         "send_bucket",
         "sid",
         "sio_sid",
@@ -64,7 +65,9 @@ class Session:
         self.token = token
         self.user: str | None = None
         self.sio_sid: str | None = None
-        self.rooms: set[str] = set()
+        # Subscribed rooms → the last seq written to this session (owned by server/delivery.py).
+        self.cursors: dict[str, int] = {}
+        self.lagging = False  # catching up from the log instead of receiving live pushes (delivery.py)
         self.created = now
         self.next_ping = now + ping_interval
         self.pong_deadline: float | None = None

@@ -232,7 +232,8 @@ async def test_metrics_endpoint_counts_the_traffic(
     assert values["minitalk_messages_rejected_total"] == 1
     assert values["minitalk_messages_broadcast_total"] == 5
     assert values["minitalk_deliveries_total"] == 10
-    assert values["minitalk_deliveries_dropped_total"] == 0
+    assert values["minitalk_lag_episodes_total"] == 0
+    assert values["minitalk_deliveries_caught_up_total"] == 0
     assert values['minitalk_connections{transport="websocket"}'] == 1
     assert values['minitalk_connections{transport="polling"}'] == 1
     assert values["minitalk_batch_size_count"] >= 1

@@ -3,6 +3,7 @@ and the server keeps serving everyone else."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -181,21 +182,63 @@ async def test_garbage_http_is_refused_and_server_keeps_serving(running: Running
         assert (await http.get("/health")).status_code == 200
 
 
-async def test_slow_consumer_is_cut_off_and_the_room_keeps_flowing(nursery: trio.Nursery, db_path: Path) -> None:
-    server = await start_server(nursery, make_config(db_path, outbox_max_bytes=256 * 1024))
+class ServerFrames:
+    """A raw websocket client's reader: unmasked server frames → text packets (a test-side parser)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+        self._in_head = True  # the HTTP 101 response comes first
+
+    async def packet(self) -> str:
+        while True:
+            buf = self._buffer
+            if self._in_head and b"\r\n\r\n" in buf:
+                del buf[: buf.index(b"\r\n\r\n") + 4]
+                self._in_head = False
+            if not self._in_head and len(buf) >= 2:
+                length, head = buf[1] & 0x7F, 2
+                if length == 126 and len(buf) >= 4:
+                    length, head = int.from_bytes(buf[2:4], "big"), 4
+                elif length == 127 and len(buf) >= 10:
+                    length, head = int.from_bytes(buf[2:10], "big"), 10
+                if (length < 126 or head > 2) and len(buf) >= head + length:
+                    payload = bytes(buf[head : head + length])
+                    del buf[: head + length]
+                    return payload.decode()
+            data = await self._stream.receive_some(1 << 20)
+            assert data, "the server closed the connection"
+            self._buffer += data
+
+
+STALLED_HANDSHAKE = (
+    b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n" + b"\x81\x82\x00\x00\x00\x0040"  # a masked "40" frame
+)
+
+
+@pytest.mark.parametrize("mode", ["durable", "fast"])
+async def test_a_stalled_reader_is_never_cut_off_and_catches_up_from_the_log(
+    nursery: trio.Nursery, db_path: Path, mode: str
+) -> None:
+    high_water = 256 * 1024
+    config = make_config(db_path, catchup_high_water=high_water, delivery_mode=mode, message_rate=0)
+    server = await start_server(nursery, config)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         tokens = await make_users(http, ["sender", "reader", "stalled"])
         room = await make_room(http, tokens["sender"], ["reader", "stalled"])
     content = "🎆" * 2000  # 8 KB of UTF-8 per message
-    total = 3000  # 24 MB in all: more than the kernel's socket buffers plus the 256 KB outbox can hold
-    # The stalled member: a plain socket that does the handshake and then never reads again.
+    total = 3000  # 24 MB in all: far more than the kernel's socket buffers plus the high-water mark hold
+    # The stalled member: a plain socket that does the handshake and then reads nothing while the room talks.
     stalled = await trio.open_tcp_stream("127.0.0.1", server.port)
     await stalled.send_all(
-        b"GET /socket.io/?EIO=4&transport=websocket&token=" + tokens["stalled"].encode() + b" HTTP/1.1\r\n"
-        b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n" + b"\x81\x82\x00\x00\x00\x0040"  # a masked "40" frame
+        b"GET /socket.io/?EIO=4&transport=websocket&token="
+        + tokens["stalled"].encode()
+        + b" HTTP/1.1\r\n"
+        + STALLED_HANDSHAKE
     )
-    received: list[Any] = []
+    received: list[int] = []
+    most_queued = 0
     async with (
         raw_client(server.url, tokens["sender"]) as sender,
         raw_client(server.url, tokens["reader"], max_message_size=1 << 20) as reader,
@@ -221,10 +264,30 @@ async def test_slow_consumer_is_cut_off_and_the_room_keeps_flowing(nursery: trio
                 # 8 messages (64 KB) ahead of the slower of them, so only the stalled member falls behind.
                 await wait_until(lambda i=i: i - min(len(received), sender_seen) <= 8, within=30)  # type: ignore[misc]
                 await sender.emit("send_message", {"roomId": room, "content": f"{i} {content}"})
+                queued = [s.pending_bytes for s in server.server.hub.sessions.values() if s.user == "stalled"]
+                assert queued, "the stalled member is still connected"
+                most_queued = max(most_queued, queued[0])
             await wait_until(lambda: len(received) >= total, within=60)
             inner.cancel_scope.cancel()
     assert received == list(range(1, total + 1)), "the reading member got everything, in order"
-    assert server.server.metrics.slow_consumer_disconnects._value.get() == 1
-    assert all(s.user != "stalled" for s in server.server.hub.sessions.values())
+    # Memory for the stalled member: the high-water mark plus one page (itself cut at the high-water mark).
+    assert most_queued <= 2 * high_water + 16 * 1024
+    stats = server.server.hub.statistics()
+    assert stats["lagging"] == 1 and stats["lag_episodes"] >= 1
+
+    # Now it reads: everything it missed arrives from the log, in order, exactly once, then it is live again.
+    frames = ServerFrames(stalled)
+    seqs: list[int] = []
+    with trio.fail_after(60):
+        while len(seqs) < total:
+            text = await frames.packet()
+            if text == "2":
+                await stalled.send_all(b"\x81\x81\x00\x00\x00\x003")  # a masked pong
+            elif text.startswith('42["message"'):
+                seqs.append(json.loads(text[2:])[1]["seq"])
+    assert seqs == list(range(1, total + 1)), "the stalled member got every message once, in seq order"
+    await wait_until(lambda: server.server.hub.statistics()["lagging"] == 0)
+    assert server.server.metrics.slow_consumer_disconnects._value.get() == 0
+    assert server.server.hub.statistics()["deliveries_caught_up"] > 0
     await stalled.aclose()
     await server.stop()

@@ -1,0 +1,230 @@
+"""Delivery: which sessions get a room's messages, and from where: memory at the head, the log behind it.
+
+Theory of operation. This module is the one owner of *subscriptions* (which sessions receive a room's
+``message`` broadcasts) and of each subscription's *cursor*: the last seq written to that session for that
+room. Nothing else changes them.
+
+Two speeds, one order. A member at the head of its rooms gets each committed batch pushed from memory
+(encoded once, one outbox entry per member per batch). When a push would take its outbox (or polling queue)
+past ``high_water`` bytes, the member is switched to **catch-up** instead of being cut off: pushes to it
+stop, and the catch-up task reads what it missed from storage, room by room in seq order, a page at a time,
+whenever its outbox has drained below ``high_water / 4``. When every room's cursor has reached the room's
+head, it goes back to live pushes in the same step (no await between the check and the switch), so nothing
+is missed or sent twice at the switch. Memory per slow member is its outbox, at most ``high_water`` plus one
+page, whatever its backlog: the durable log is the buffer. A push that does not continue a cursor (a gap)
+also switches the member to catch-up, so a cursor never skips a seq.
+
+Fast mode broadcasts before the commit, and the log holds only what is committed. So each room keeps the
+*uncommitted tail*: the packets broadcast and not yet stored (at most the ingest queue in all, trimmed at
+every commit). A lagging member reads storage up to the committed head, then takes the rest from the tail
+and rejoins the live stream in the same step. Rule: catch-up reads only what is stored; what is not stored
+yet comes from the tail, never twice, and a message lost in a crash is lost for everyone alike.
+
+Pings, acks and other events are never held back: they go behind at most ``high_water`` bytes of messages,
+so a slow reader answers pings in time and only a dead one is closed by the heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import trio
+
+from protocol.events import MessageOut, message_packet
+from protocol.websocket import frame
+from server.session import Session
+from storage.engine import StorageEngine
+from storage.records import HistoryQuery
+
+log = logging.getLogger(__name__)
+
+# How often the catch-up task looks at lagging members whose outbox has not drained yet. Outboxes drain in
+# their own writers; a short poll while someone lags costs nothing when nobody does.
+CATCH_UP_POLL_S = 0.01
+
+
+class Delivery:
+    def __init__(
+        self,
+        storage: StorageEngine,
+        head: Callable[[str], int],
+        *,
+        high_water: int,
+        page: int,
+    ) -> None:
+        self._storage = storage
+        self._head = head  # a room's last seq: committed (durable) or broadcast (fast)
+        self.high_water = high_water
+        self._low_water = high_water // 4
+        self._page = page
+        self._subscribers: dict[str, set[Session]] = {}
+        self._tails: dict[str, deque[tuple[int, bytes]]] = {}
+        self._lagging: set[Session] = set()
+        self._wake = trio.Event()
+        self.messages_pushed = 0
+        self.messages_caught_up = 0
+        self.lag_episodes = 0
+
+    # -- subscriptions -----------------------------------------------------------------------------
+    def subscribe(self, session: Session, room_id: str) -> None:
+        """From now on the session gets the room's messages after its current head."""
+        if room_id in session.cursors:
+            return
+        session.cursors[room_id] = self._head(room_id)
+        self._subscribers.setdefault(room_id, set()).add(session)
+
+    def unsubscribe(self, session: Session, room_id: str) -> None:
+        session.cursors.pop(room_id, None)
+        members = self._subscribers.get(room_id)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self._subscribers[room_id]
+
+    def unsubscribe_all(self, session: Session) -> None:
+        for room_id in list(session.cursors):
+            self.unsubscribe(session, room_id)
+        self._lagging.discard(session)
+
+    def rooms(self) -> int:
+        return len(self._subscribers)
+
+    def lagging(self) -> int:
+        return len(self._lagging)
+
+    # -- live pushes -------------------------------------------------------------------------------
+    def publish(self, room_id: str, packets: list[bytes], first_seq: int) -> int:
+        """Push a room's consecutive messages (``first_seq``, ``first_seq + 1``, ...) to every member at the head.
+
+        Encoded and framed once for all. Returns how many members got them now; the others catch up later.
+        """
+        members = self._subscribers.get(room_id)
+        if not members:
+            return 0
+        last_seq = first_seq + len(packets) - 1
+        before = first_seq - 1
+        frames = frame(packets[0]) if len(packets) == 1 else b"".join([frame(p) for p in packets])
+        size = len(frames)
+        limit = self.high_water - size
+        pushed = 0
+        for session in members:
+            if session.lagging:
+                continue
+            if session.cursors[room_id] != before or session.pending_bytes > limit:
+                self._start_lag(session)
+                continue
+            if session.send_many(packets, frames):
+                session.cursors[room_id] = last_seq
+                pushed += 1
+        self.messages_pushed += pushed * len(packets)
+        return pushed
+
+    def _start_lag(self, session: Session) -> None:
+        session.lagging = True
+        self._lagging.add(session)
+        self.lag_episodes += 1
+        self._wake.set()
+
+    # -- fast mode's uncommitted tail ----------------------------------------------------------------
+    def hold(self, room_id: str, seq: int, packet: bytes) -> None:
+        """Fast mode: a message broadcast before its commit; kept until ``stored`` says it is in the log."""
+        self._tails.setdefault(room_id, deque()).append((seq, packet))
+
+    def stored(self, room_id: str, seq: int) -> None:
+        """Everything of the room up to ``seq`` is in the log (or never will be): drop it from the tail."""
+        tail = self._tails.get(room_id)
+        if tail is None:
+            return
+        while tail and tail[0][0] <= seq:
+            tail.popleft()
+        if not tail:
+            del self._tails[room_id]
+        self._wake.set()  # a lagging member may be able to rejoin now
+
+    # -- catch-up ----------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve lagging members from the log, one page at a time, as their outboxes drain."""
+        task_status.started()
+        while True:
+            if not self._lagging:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            served = False
+            for session in list(self._lagging):
+                if session.closed or not session.lagging:
+                    self._lagging.discard(session)
+                elif session.pending_bytes <= self._low_water:
+                    await self._catch_up(session)
+                    served = True
+            if not served:
+                with trio.move_on_after(CATCH_UP_POLL_S):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _catch_up(self, session: Session) -> None:
+        """One step for one member: a page of its furthest-behind room, then rejoin if it is at the head."""
+        if self._rejoin(session):
+            return
+        behind = [
+            (self._head(room_id) - cursor, room_id)
+            for room_id, cursor in session.cursors.items()
+            if cursor < self._stored_head(room_id)
+        ]
+        if not behind:  # only the fast-mode tail is missing, and it is too big to push yet: wait for commits
+            return
+        _, room_id = max(behind)
+        after = session.cursors[room_id]
+        rows = await self._storage.history(HistoryQuery(room_id, limit=self._page, after_seq=after))
+        if session.closed or session.cursors.get(room_id) != after:
+            return  # closed, or left and joined again while we read: the next step starts afresh
+        packets: list[bytes] = []
+        frames: list[bytes] = []
+        size = 0
+        for row in rows:
+            if row.seq != after + len(packets) + 1 or size > self.high_water:
+                break  # a gap (a fast-mode crash skip) ends the page: the cursor moves past it below
+            out = MessageOut("message", row.room_id, row.sender, row.content, row.timestamp, row.id, row.seq)
+            packet = message_packet(out)
+            packets.append(packet)
+            frames.append(frame(packet))
+            size += len(frames[-1])
+        if packets:
+            session.send_many(packets, b"".join(frames))
+            session.cursors[room_id] = after + len(packets)
+            self.messages_caught_up += len(packets)
+        elif rows:  # the next stored seq is past a gap (a fast-mode crash skip): nothing is stored in between
+            session.cursors[room_id] = rows[0].seq - 1
+        else:  # nothing stored past the cursor though the head is further: deleted (delete-all) or never stored
+            session.cursors[room_id] = max(after, self._stored_head(room_id))
+        self._rejoin(session)
+
+    def _stored_head(self, room_id: str) -> int:
+        """The last seq that is in the log: the head, less the fast-mode tail."""
+        tail = self._tails.get(room_id)
+        return tail[0][0] - 1 if tail else self._head(room_id)
+
+    def _rejoin(self, session: Session) -> bool:
+        """Back to live pushes if every room is at its head or within reach of its tail (no await here)."""
+        plan: list[tuple[str, list[tuple[int, bytes]]]] = []
+        size = 0
+        for room_id, cursor in session.cursors.items():
+            if cursor >= self._head(room_id):
+                continue
+            tail = self._tails.get(room_id)
+            if not tail or tail[0][0] > cursor + 1:
+                return False
+            missing = [(seq, packet) for seq, packet in tail if seq > cursor]
+            size += sum(len(packet) for _, packet in missing)
+            plan.append((room_id, missing))
+        if size > self.high_water:
+            return False
+        for room_id, missing in plan:
+            packets = [packet for _, packet in missing]
+            session.send_many(packets, b"".join([frame(p) for p in packets]))
+            session.cursors[room_id] = missing[-1][0]
+        session.lagging = False
+        self._lagging.discard(session)
+        return True
