@@ -49,6 +49,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     max_content_chars: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 20_000
+    # Connection hardening (slow bodies, idle keep-alive, descriptors): one block, see OPTIONS for the reasons.
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    keep_alive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=0)] = 20_000
 
     @property
     def uses_default_secret(self) -> bool:
@@ -227,6 +231,32 @@ OPTIONS: tuple[Option, ...] = (
         "--max-connections",
         "MAX_CONNECTIONS",
         "most Engine.IO sessions at once, in sessions (default 20000)",
+        "N",
+    ),
+    Option(
+        "body_timeout",
+        "--body-timeout",
+        "BODY_TIMEOUT",
+        "seconds a request body may take to arrive after its head; later the client gets 408 and the connection"
+        " closes (default 30, as the head timeout; the original had none, so a trickled body held a descriptor"
+        " for ever)",
+        "SECONDS",
+    ),
+    Option(
+        "keep_alive_timeout",
+        "--keep-alive-timeout",
+        "KEEP_ALIVE_TIMEOUT",
+        "seconds an idle keep-alive connection waits for its next request head, complete (default 5, Node's"
+        " keepAliveTimeout, so clients tuned against the original see the same; polling clients ask again at once)",
+        "SECONDS",
+    ),
+    Option(
+        "max_connections_per_ip",
+        "--max-connections-per-ip",
+        "MAX_CONNECTIONS_PER_IP",
+        "open TCP connections from one client address, in connections; past it a new one gets 503 and is closed"
+        " (default 20000, as --max-connections: the load test and bench connect thousands from 127.0.0.1, and"
+        " behind a proxy every client has one address; 0 = no limit)",
         "N",
     ),
 )
