@@ -51,15 +51,25 @@ def raise_fd_limit() -> None:
     everyone else out. Failing to raise it is not fatal: the server runs with what it has, and says so.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == hard:
+    # Linux refuses an unlimited soft limit: the most a process may have is fs.nr_open.
+    target = hard if hard != resource.RLIM_INFINITY else _kernel_fd_ceiling()
+    if soft == target:
         log.info("descriptor limit (RLIMIT_NOFILE): %d, already the hard limit", soft)
         return
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above the kernel's nr_open
-        log.warning("descriptor limit (RLIMIT_NOFILE) stays at %d: raising it to %d failed: %s", soft, hard, exc)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("descriptor limit (RLIMIT_NOFILE) stays at %d: raising it to %d failed: %s", soft, target, exc)
         return
-    log.info("descriptor limit (RLIMIT_NOFILE) raised from %d to %d", soft, hard)
+    log.info("descriptor limit (RLIMIT_NOFILE) raised from %d to %d", soft, target)
+
+
+def _kernel_fd_ceiling() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024  # Linux's default nr_open
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,6 +106,8 @@ class _Exchange:
             return await self._receive()
         with trio.move_on_at(self._deadline):
             return await self._take()
+        if self._body_done.is_set():  # the drain read the rest meanwhile: only http.disconnect is left to wait for
+            return await self._receive()
         self._expire()
         await trio.sleep_forever()  # the app's scope is cancelled: this raises Cancelled at once
         raise AssertionError("unreachable")  # pragma: no cover

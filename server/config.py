@@ -51,7 +51,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 20_000
     # Connection hardening (slow bodies, idle keep-alive, descriptors): one block, see OPTIONS for the reasons.
     body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
-    keep_alive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    keep_alive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0
     max_connections_per_ip: Annotated[int, msgspec.Meta(ge=0)] = 20_000
 
     @property
@@ -246,8 +246,9 @@ OPTIONS: tuple[Option, ...] = (
         "keep_alive_timeout",
         "--keep-alive-timeout",
         "KEEP_ALIVE_TIMEOUT",
-        "seconds an idle keep-alive connection waits for its next request head, complete (default 5, Node's"
-        " keepAliveTimeout, so clients tuned against the original see the same; polling clients ask again at once)",
+        "seconds an idle keep-alive connection waits for its next request head, complete (default 20: longer"
+        " than httpx's 5 s and aiohttp's 15 s pool expiry, so those clients drop an idle connection first; a"
+        " server that closes first races the client's next request into a connection reset)",
         "SECONDS",
     ),
     Option(

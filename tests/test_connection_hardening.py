@@ -16,6 +16,7 @@ import httpx
 import pytest
 import trio
 
+from server.body_guard import BodyGuard
 from server.config import OPTIONS, load_config
 from tests.conftest import RunningServer, make_config, start_server
 from tests.server_process import start_server_process
@@ -278,3 +279,89 @@ def test_new_options_are_documented_with_units() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for flag in helps:
         assert f"`{flag}`" in readme, flag
+
+
+# -- the body guard alone, on a fake hypercorn and virtual time -------------------------------------------------
+
+Message = dict[str, Any]
+
+
+async def run_guard(
+    app: Callable[[Message, Callable[[], Any], Callable[[Message], Any]], Any],
+    content_length: int,
+    feed: list[tuple[float, Message]],
+) -> tuple[list[tuple[float, Message]], int]:
+    """Run ``app`` under a BodyGuard (10 s deadline, 1 KiB drain limit); ``feed`` is (when, message) for
+    receive. Returns what the app sent, each with the virtual time it was sent at, and the timeout count."""
+    sent: list[tuple[float, Message]] = []
+    timeouts = 0
+    to_app, from_client = trio.open_memory_channel[Message](0)
+
+    def timed_out() -> None:
+        nonlocal timeouts
+        timeouts += 1
+
+    async def client() -> None:
+        start = trio.current_time()
+        for when, message in feed:
+            await trio.sleep_until(start + when)
+            await to_app.send(message)
+
+    async def send(message: Message) -> None:
+        sent.append((trio.current_time(), message))
+
+    guard = BodyGuard(app, body_timeout=10, drain_limit=1024, on_timeout=timed_out)
+    scope = {"type": "http", "headers": [(b"content-length", str(content_length).encode())]}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client)
+        await guard(scope, from_client.receive, send)
+        nursery.cancel_scope.cancel()
+    return sent, timeouts
+
+
+def chunk(data: bytes, more: bool = True) -> Message:
+    return {"type": "http.request", "body": data, "more_body": more}
+
+
+async def answer_401(scope: Message, receive: Callable[[], Any], send: Callable[[Message], Any]) -> None:
+    """An app that answers without reading the body (the auth check comes first)."""
+    await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"no", "more_body": False})
+
+
+async def read_all_then_200(scope: Message, receive: Callable[[], Any], send: Callable[[Message], Any]) -> None:
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def test_guard_a_stalled_body_gets_408_at_the_deadline(autojump_clock: trio.abc.Clock) -> None:
+    sent, timeouts = await run_guard(read_all_then_200, 10, [(0, chunk(b"ab"))])
+    (at, start), (_, body) = sent
+    assert at == 10 and start["status"] == 408 and (b"connection", b"close") in start["headers"]
+    assert b"Request body timeout" in body["body"] and timeouts == 1
+
+
+async def test_guard_an_early_response_waits_for_the_rest_of_the_body(autojump_clock: trio.abc.Clock) -> None:
+    # The 401's bytes go out at once; its end (which writes nothing) waits until the body's last part at 3 s,
+    # so the connection can carry the next request.
+    sent, timeouts = await run_guard(answer_401, 4, [(0, chunk(b"ab")), (3, chunk(b"cd", more=False))])
+    assert [(at, m["type"], m.get("more_body")) for at, m in sent] == [
+        (0, "http.response.start", None),
+        (0, "http.response.body", True),
+        (3, "http.response.body", False),
+    ]
+    assert (b"connection", b"close") not in sent[0][1]["headers"] and timeouts == 0
+
+
+async def test_guard_an_early_response_to_a_long_body_closes(autojump_clock: trio.abc.Clock) -> None:
+    # 100 KiB left is past the 1 KiB drain limit: say Connection: close rather than read it all.
+    sent, timeouts = await run_guard(answer_401, 100 * 1024, [(0, chunk(b"ab"))])
+    assert (b"connection", b"close") in sent[0][1]["headers"]
+    assert [at for at, _ in sent] == [0, 0] and timeouts == 0
+
+
+async def test_guard_a_body_that_stops_after_an_early_response_is_cut(autojump_clock: trio.abc.Clock) -> None:
+    sent, timeouts = await run_guard(answer_401, 4, [(0, chunk(b"ab"))])
+    assert [at for at, _ in sent] == [0, 0, 10] and timeouts == 1
