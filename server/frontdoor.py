@@ -5,14 +5,16 @@ to the raw-stream hot path (:mod:`server.ws_endpoint`); everything else, bytes r
 to hypercorn and the quart-trio app. The decision merges repeated ``Connection`` headers first, as Node
 does (contract §3.6-2), which wsproto's and h11's own upgrade checks would not.
 
-The accept loop is ours rather than ``trio.serve_listeners``: when descriptors run out, trio's logs an error
-with a traceback every 100 ms (1,368 lines in one 40 s episode), while ours logs one line per episode, counts
-every failure in ``minitalk_accept_errors_total`` and backs off exponentially, and starts accepting again by
-itself once descriptors free up. It also enforces ``--max-connections-per-ip`` before reading anything.
+The accept loop is ours rather than ``trio.serve_listeners``: when descriptors run out, trio's logs an
+error with a traceback every 100 ms (the hardening issue counted 1,368 lines in one 40 s episode), while
+ours logs one line per episode, counts every failure in ``minitalk_accept_errors_total``, backs off
+exponentially, and accepts again by itself once descriptors free up. It also enforces
+``--max-connections-per-ip`` before reading anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections.abc import Sequence
@@ -109,8 +111,8 @@ class FrontDoor:
             return
         if self._max_per_ip and self._per_ip.get(peer, 0) >= self._max_per_ip:
             self._metrics.connections_refused.labels("per_ip").inc()
-            with trio.move_on_after(1):  # best effort: the answer fits in the socket buffer
-                await stream.send_all(_TOO_MANY)
+            with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
+                await stream.send_all(_TOO_MANY)  # best effort: it fits in the socket buffer, the peer may be gone
             await trio.aclose_forcefully(stream)
             return
         self._per_ip[peer] = self._per_ip.get(peer, 0) + 1
