@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -42,6 +43,34 @@ async def serve_until_signalled(config: Config) -> None:
             nursery.cancel_scope.cancel()  # run returned after a graceful stop: end the signal watcher
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft descriptor limit to the hard one: every connection holds a descriptor.
+
+    The soft limit is often 1,024 while the hard one is far higher; at 1,024 a thousand clients lock
+    everyone else out. Failing to raise it is not fatal: the server runs with what it has, and says so.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Linux refuses an unlimited soft limit: the most a process may have is fs.nr_open.
+    target = hard if hard != resource.RLIM_INFINITY else _kernel_fd_ceiling()
+    if soft == target:
+        log.info("descriptor limit (RLIMIT_NOFILE): %d, already the hard limit", soft)
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("descriptor limit (RLIMIT_NOFILE) stays at %d: raising it to %d failed: %s", soft, target, exc)
+        return
+    log.info("descriptor limit (RLIMIT_NOFILE) raised from %d to %d", soft, target)
+
+
+def _kernel_fd_ceiling() -> int:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024 * 1024  # Linux's default nr_open
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(sys.argv[1:] if argv is None else argv, os.environ)
@@ -49,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m server: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise_fd_limit()
     if config.uses_default_secret:
         log.warning(
             "JWT_SECRET is not set: tokens are signed with the public default %r. Anyone can forge a"

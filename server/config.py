@@ -62,6 +62,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     login_window: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     message_rate: Annotated[float, msgspec.Meta(ge=0)] = 2000.0
     message_burst: Annotated[int, msgspec.Meta(ge=1)] = 4000
+    # Connection hardening (slow bodies, idle keep-alive, descriptors): one block, see OPTIONS for the reasons.
+    body_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    keep_alive_timeout: Annotated[float, msgspec.Meta(gt=0)] = 20.0
+    max_connections_per_ip: Annotated[int, msgspec.Meta(ge=0)] = 20_000
 
     def __post_init__(self) -> None:
         if self.admin_routes == "token" and not self.admin_token:
@@ -331,6 +335,34 @@ OPTIONS: tuple[Option, ...] = (
         "--message-burst",
         "MESSAGE_BURST",
         "send_message events one connection may send at once above the rate (default 4000: two seconds' worth)",
+        "N",
+    ),
+    # Connection hardening (hard-http).
+    Option(
+        "body_timeout",
+        "--body-timeout",
+        "BODY_TIMEOUT",
+        "seconds a request body may take to arrive after its head; later the client gets 408 and the connection"
+        " closes (default 30, as the head timeout; the original had none, so a trickled body held a descriptor"
+        " for ever)",
+        "SECONDS",
+    ),
+    Option(
+        "keep_alive_timeout",
+        "--keep-alive-timeout",
+        "KEEP_ALIVE_TIMEOUT",
+        "seconds an idle keep-alive connection waits for its next request head, complete (default 20: longer"
+        " than httpx's 5 s and aiohttp's 15 s pool expiry, so those clients drop an idle connection first; a"
+        " server that closes first races the client's next request into a connection reset)",
+        "SECONDS",
+    ),
+    Option(
+        "max_connections_per_ip",
+        "--max-connections-per-ip",
+        "MAX_CONNECTIONS_PER_IP",
+        "open TCP connections from one client address, in connections; past it a new one gets 503 and is closed"
+        " (default 20000, as --max-connections: the load test and bench connect thousands from 127.0.0.1, and"
+        " behind a proxy every client has one address; 0 = no limit)",
         "N",
     ),
 )

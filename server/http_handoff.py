@@ -9,6 +9,7 @@ the minor versions this was written against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import hypercorn.config
@@ -18,6 +19,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
+
+from server.body_guard import BodyGuard
 
 
 class ReplayStream(trio.abc.Stream):
@@ -80,9 +83,20 @@ class _InFlight:
 
 
 class HttpHandoff:
-    def __init__(self, app: Any, config: hypercorn.config.Config) -> None:
+    """``body_timeout`` (seconds) and ``drain_limit`` (bytes): see :mod:`server.body_guard`."""
+
+    def __init__(
+        self,
+        app: Any,
+        config: hypercorn.config.Config,
+        *,
+        body_timeout: float = 30.0,
+        drain_limit: int = 1024 * 1024,
+        on_body_timeout: Callable[[], None] = lambda: None,
+    ) -> None:
         self._config = config
-        self._requests = _InFlight(app)
+        guarded = BodyGuard(app, body_timeout=body_timeout, drain_limit=drain_limit, on_timeout=on_body_timeout)
+        self._requests = _InFlight(guarded)
         asgi_app: Any = self._requests  # an ASGI 3 callable; hypercorn's type names its scope TypedDicts
         self._app = wrap_app(asgi_app, config.wsgi_max_body_size, "asgi")
         self._context = WorkerContext(None)

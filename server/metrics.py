@@ -61,6 +61,19 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
             registry=r,
         )
+        # Connection hardening: the front door and the body guard count what they refuse or cut.
+        self.http_body_timeouts = Counter(
+            "minitalk_http_body_timeouts", "requests whose body did not arrive within --body-timeout", registry=r
+        )
+        self.connections_refused = Counter(
+            "minitalk_connections_refused", "connections closed at accept, by reason", ["reason"], registry=r
+        )
+        self.accept_errors = Counter(
+            "minitalk_accept_errors",
+            "accept() failures for lack of descriptors or memory, by errno",
+            ["errno"],
+            registry=r,
+        )
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -21,7 +21,7 @@ import trio
 from protocol.ratelimit import LoginGuard
 from protocol.rest import Limits
 from server.config import Config
-from server.frontdoor import FrontDoor
+from server.frontdoor import MAX_HEAD_BYTES, FrontDoor
 from server.health import Health, ReportingStorage
 from server.http_app import create_app
 from server.http_handoff import HttpHandoff
@@ -51,6 +51,13 @@ def _hypercorn_config(config: Config) -> hypercorn.config.Config:
     hc.accesslog = None  # an access log line per request would cost more than the request under load
     hc.include_server_header = False
     hc.errorlog = logging.getLogger("hypercorn.error")  # through our handlers, not a second stream
+    # Later requests on a keep-alive connection are read by hypercorn, not the front door. Its keep-alive
+    # timer runs from the end of one response until the next request head is complete, so it bounds both an
+    # idle connection and a trickled head; the head's size limit is the front door's. Its read_timeout stays
+    # off: it would also cut a long-poll whose client is quietly waiting for the answer. The body is bounded
+    # by server.body_guard.
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.h11_max_incomplete_size = MAX_HEAD_BYTES
     return hc
 
 
@@ -118,10 +125,18 @@ class MinitalkServer:
             admin_token=config.admin_token,
         )
         app = create_app(services, extra=[polling_routes(self.hub, self.metrics)])
-        self.http = HttpHandoff(app, _hypercorn_config(config))
+        self.http = HttpHandoff(
+            app,
+            _hypercorn_config(config),
+            body_timeout=config.body_timeout,
+            drain_limit=config.max_body_bytes,
+            on_body_timeout=self.metrics.http_body_timeouts.inc,
+        )
         self.front_door = FrontDoor(
             self.http,
             WebSocketEndpoint(self.hub),
+            metrics=self.metrics,
+            max_per_ip=config.max_connections_per_ip,
             on_error=lambda exc: self.hub.connection_failed(None, exc, "connection"),
         )
         self._shutdown = trio.Event()

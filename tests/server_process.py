@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -33,10 +34,23 @@ class ServerProcess:
 
 
 async def start_server_process(
-    nursery: trio.Nursery, args: Sequence[str], *, env: dict[str, str] | None = None, ready_timeout: float = 30.0
+    nursery: trio.Nursery,
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 30.0,
+    nofile: tuple[int, int] | None = None,
 ) -> ServerProcess:
-    """Start the server and wait until it logs the port it listens on."""
+    """Start the server and wait until it logs the port it listens on.
+
+    ``nofile``: the child's (soft, hard) RLIMIT_NOFILE, set before it starts, for descriptor-exhaustion tests.
+    """
     full_env = {**os.environ, **(env or {})}
+
+    def limit_descriptors() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
     proc: trio.Process = await nursery.start(
         partial(
             trio.run_process,
@@ -46,6 +60,7 @@ async def start_server_process(
             cwd=ROOT,
             env=full_env,
             check=False,
+            preexec_fn=limit_descriptors if nofile is not None else None,
         )
     )
     assert proc.stderr is not None
