@@ -171,12 +171,20 @@ class Delivery:
         behind = [
             (self._head(room_id) - cursor, room_id)
             for room_id, cursor in session.cursors.items()
-            if cursor < self._stored_head(room_id)
+            if cursor < self._head(room_id)
         ]
-        if not behind:  # only the fast-mode tail is missing, and it is too big to push yet: wait for commits
+        if not behind:
             return
         _, room_id = max(behind)
         after = session.cursors[room_id]
+        if after >= self._stored_head(room_id):
+            self._push_tail(session, room_id, after)  # the rest is not stored yet: fast mode's tail
+        else:
+            await self._push_page(session, room_id, after)
+        self._rejoin(session)
+
+    async def _push_page(self, session: Session, room_id: str, after: int) -> None:
+        """A page of the room's log after ``after``, cut at the high-water mark, and the cursor moved on."""
         rows = await self._storage.history(HistoryQuery(room_id, limit=self._page, after_seq=after))
         if session.closed or session.cursors.get(room_id) != after:
             return  # closed, or left and joined again while we read: the next step starts afresh
@@ -199,7 +207,24 @@ class Delivery:
             session.cursors[room_id] = rows[0].seq - 1
         else:  # nothing stored past the cursor though the head is further: deleted (delete-all) or never stored
             session.cursors[room_id] = max(after, self._stored_head(room_id))
-        self._rejoin(session)
+
+    def _push_tail(self, session: Session, room_id: str, after: int) -> None:
+        """Fast mode: the next part of the room's uncommitted tail, up to the high-water mark."""
+        packets: list[bytes] = []
+        size = 0
+        last = after
+        for seq, packet in self._tails.get(room_id, ()):
+            if seq <= last:
+                continue
+            if seq != last + 1 or size > self.high_water:
+                break
+            packets.append(packet)
+            size += len(packet)
+            last = seq
+        if packets:
+            session.send_many(packets, b"".join([frame(p) for p in packets]))
+            session.cursors[room_id] = last
+            self.messages_caught_up += len(packets)
 
     def _stored_head(self, room_id: str) -> int:
         """The last seq that is in the log: the head, less the fast-mode tail."""
