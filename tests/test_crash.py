@@ -124,7 +124,8 @@ def small_disk(where: Path, size: str) -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Write a file until the disk is full; deleting it frees the disk again."""
     filler = disk / "filler"
-    with filler.open("wb") as f, contextlib.suppress(OSError):
+    # suppress outside the file: closing it flushes, and that fails on the full disk too.
+    with contextlib.suppress(OSError), filler.open("wb") as f:
         while True:
             f.write(b"\0" * 65536)
             f.flush()
