@@ -6,7 +6,7 @@
 // stdout (events):  {"ev":"connect","id","recovered","pid","transport"}   every (re)connect
 //                   {"ev":"message","roomId","seq","id","nargs","offset"}  every `message` event, in arrival order
 //                   {"ev":"disconnect","reason"} {"ev":"connect_error","message"} {"ev":"reconnect_attempt","attempt"}
-//                   {"ev":"upgrade","transport"} {"ev":"error","payload"} {"ev":"dropping","away_ms"} {"ev":"bye"}
+//                   {"ev":"open","transport"} {"ev":"upgrade","transport"} {"ev":"error","payload"} {"ev":"dropping","away_ms"} {"ev":"bye"}
 // stdin (commands): {"cmd":"drop","away_ms":N}  close the Engine.IO connection under the Socket and let the
 //                                               Manager reconnect the *same* Socket after exactly N ms
 //                   {"cmd":"exit"}               socket.disconnect() and exit (so does the end of stdin)
@@ -73,6 +73,7 @@ socket.on("message", (...args) => {
   });
 });
 manager.on("open", () => {
+  out({ ev: "open", transport: manager.engine.transport.name });
   manager.engine.on("upgrade", (transport) => out({ ev: "upgrade", transport: transport.name }));
 });
 manager.on("reconnect_attempt", (attempt) => out({ ev: "reconnect_attempt", attempt }));
