@@ -36,7 +36,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from tests.chat_load import read_history
 from tests.conftest import RunningServer, bearer
-from tests.node_peer import NodeClient, node_or_skip
+from tests.node_peer import NodeClient, ReferenceServer, node_or_skip
 from tests.raw_client import raw_client
 from tests.server_process import start_server_process
 from tests.sio_peer import Peer, make_room, make_users, wait_until
@@ -471,3 +471,43 @@ async def test_node_socketio_client_recovers_across_a_server_restart(nursery: tr
     assert node.of("disconnect")[0]["reason"] == "transport close", node.describe()
     check_recovered(node)
     assert_node_reader_has_history(node, history, room)
+
+
+# -- the harness against socket.io's own recovery ----------------------------------------------------------
+
+
+async def test_harness_sees_socketio_reference_server_recover_every_message(nursery: trio.Nursery) -> None:
+    """On a server that recovers (socket.io 4.8.1's own), the checks the xfails make pass: they can turn green."""
+    node_exe = node_or_skip()
+    reference = await ReferenceServer.start(nursery, node_exe)
+    node = await NodeClient.start(nursery, node_exe, reference.url, "any")
+    await wait_until(lambda: len(node.connects) == 1)
+    await reference.bomb(count=1500, every=0.002)  # ~3 s of bombing at most, well past the 1 s away
+    await wait_until(lambda: len(node.messages) >= SEEN_BEFORE_DROP)
+    await node.drop(1.0)
+    await wait_for_reconnect(node, within=15)
+    await wait_until(lambda: bool(reference.of("done")))
+    total = reference.of("done")[0]["seq"]
+    await wait_until(lambda: len(node.messages) >= total)
+    await node.exit()
+    check_recovered(node)
+    assert node.connects[0]["pid"] == node.connects[1]["pid"] is not None, "the same pid on the reconnect"
+    assert [m["seq"] for m in node.messages] == list(range(1, total + 1)), "exactly once, in order"
+    assert all(m["nargs"] == 2 and m["offset"] for m in node.messages), "each event carried its offset"
+
+
+async def test_harness_tells_socketio_reference_server_does_not_recover_a_socket_that_saw_nothing(
+    nursery: trio.Nursery,
+) -> None:
+    """socket.io restores a session only from ``{pid, offset}``; a socket that got no event sends no offset."""
+    node_exe = node_or_skip()
+    reference = await ReferenceServer.start(nursery, node_exe)
+    node = await NodeClient.start(nursery, node_exe, reference.url, "any")
+    await wait_until(lambda: len(node.connects) == 1)
+    await node.drop(1.0)
+    await reference.bomb(count=100, every=0.002)  # while it is away
+    await wait_for_reconnect(node, within=15)
+    await node.exit()
+    assert node.connects[1]["pid"] is not None, "the reference does give a pid"
+    with pytest.raises(RecoveryMissing):
+        check_recovered(node)
