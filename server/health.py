@@ -140,3 +140,6 @@ class ReportingStorage:
 
     async def end_fast_run(self) -> None:
         await self._report(self.inner.end_fast_run())
+
+    async def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+        return await self._report(self.inner.cursors_at(room_ids, pk), write=False)

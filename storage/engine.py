@@ -64,6 +64,10 @@ class StorageEngine(Protocol):
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]: ...
 
+    async def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+        """Each room's last seq among its messages with ``pk`` at most the given one (0 where none is)."""
+        ...
+
     async def recent_idempotent_sends(self, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages stored with a clientMsgId, oldest first (fast mode's window at start)."""
         ...

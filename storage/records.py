@@ -56,6 +56,9 @@ class StoredMessage(msgspec.Struct, frozen=True):
     timestamp: str
     created_at: str
     client_msg_id: str | None = None
+    pk: int = 0
+    """The message's place in the whole log (commit order across rooms, never reused): a reconnecting client's
+    offset names a pk, meaning "everything in my rooms up to here"."""
 
 
 class Appended(msgspec.Struct, frozen=True):

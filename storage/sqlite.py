@@ -143,5 +143,10 @@ class SqliteEngine:
             return await self._read(self._reader.history, query)
         return await self._call(self._open.history, query)
 
+    async def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+        if self._reader is not None:
+            return await self._read(self._reader.cursors_at, tuple(room_ids), pk)
+        return await self._call(self._open.cursors_at, tuple(room_ids), pk)
+
     async def delete_all_messages(self) -> tuple[int, int]:
         return await self._call(self._open.delete_all_messages)

@@ -24,14 +24,15 @@ Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 _participants_encoder = msgspec.json.Encoder()
 _participants_decoder = msgspec.json.Decoder(tuple[str, ...])
 
-_MESSAGE_COLUMNS = "id, room_id, seq, sender, content, timestamp, created_at, client_msg_id"
+_MESSAGE_COLUMNS = "id, room_id, seq, sender, content, timestamp, created_at, client_msg_id, pk"
 _QUALIFIED_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))
 _FAST_RUN_KEY = "fast_run_seq_gap"
+_PK_FLOOR_KEY = "pk_floor"
 # Keys per idempotency lookup: 3 parameters each, well under SQLite's 32,766-parameter limit.
 _KEYS_PER_QUERY = 500
 
 
-def _message(row: tuple[str, str, int, str, str, str, str, str | None]) -> StoredMessage:
+def _message(row: tuple[str, str, int, str, str, str, str, str | None, int]) -> StoredMessage:
     return StoredMessage(*row)
 
 
@@ -53,6 +54,14 @@ class SqliteStore:
         self.schema_version_found = migrate(self._conn)
         self.seq_skipped = self._skip_seqs_after_unclean_fast_run()
         self._last_seq: dict[str, int] = dict(self._conn.execute("SELECT room_id, last_seq FROM rooms"))
+        # pks are given here, never reused: not after a delete either (the floor is kept in meta), so a
+        # reconnecting client's offset keeps meaning the same place in the log.
+        top = self._conn.execute(
+            "SELECT max(coalesce((SELECT max(pk) FROM messages), 0),"
+            " coalesce((SELECT value FROM meta WHERE key = ?), 0))",
+            (_PK_FLOOR_KEY,),
+        ).fetchone()[0]
+        self._next_pk = int(top) + 1
 
     def close(self) -> None:
         self._conn.close()
@@ -174,8 +183,16 @@ class SqliteStore:
                 (_participants_encoder.encode(list(participants)), updated_at, room_id),
             )
 
+    def _keep_pk_floor(self, conn: sqlite3.Connection) -> None:
+        """Before deleting messages: remember the highest pk given, so no later message gets one again."""
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (_PK_FLOOR_KEY, self._next_pk - 1),
+        )
+
     def delete_room(self, room_id: str) -> None:
         with transaction(self._conn) as conn:
+            self._keep_pk_floor(conn)
             conn.execute("DELETE FROM messages WHERE room_id = ?", (room_id,))
             conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
         self._last_seq.pop(room_id, None)
@@ -183,6 +200,7 @@ class SqliteStore:
     # -- messages ----------------------------------------------------------------------------------
     def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
         saved_counters = dict(self._last_seq)
+        saved_pk = self._next_pk
         created_at = iso_utc(time.time())  # one commit, one commit time
         try:
             with transaction(self._conn) as conn:
@@ -192,7 +210,7 @@ class SqliteStore:
                 # One executemany for the batch: the per-row cost stays in SQLite's C code.
                 conn.executemany(
                     "INSERT INTO messages (id, room_id, seq, sender, content, ts_ms, timestamp, created_at,"
-                    " client_msg_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " client_msg_id, pk) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 touched = {
@@ -204,6 +222,7 @@ class SqliteStore:
                 )
         except BaseException:
             self._last_seq = saved_counters  # nothing was committed: hand the seqs out again
+            self._next_pk = saved_pk
             raise
         return results
 
@@ -246,11 +265,13 @@ class SqliteStore:
                 self._last_seq[m.room_id] = max(last, m.seq)
             return Appended(message=prior[key], duplicate=True)  # stored before, or earlier in this batch
         seq = last + 1 if m.seq is None else m.seq
+        pk = self._next_pk
+        self._next_pk += 1
         rows.append(
-            (m.id, m.room_id, seq, m.sender, m.content, m.timestamp_ms, m.timestamp, created_at, m.client_msg_id)
+            (m.id, m.room_id, seq, m.sender, m.content, m.timestamp_ms, m.timestamp, created_at, m.client_msg_id, pk)
         )
         self._last_seq[m.room_id] = max(last, seq)
-        stored = StoredMessage(m.id, m.room_id, seq, m.sender, m.content, m.timestamp, created_at, m.client_msg_id)
+        stored = StoredMessage(m.id, m.room_id, seq, m.sender, m.content, m.timestamp, created_at, m.client_msg_id, pk)
         if key is not None:
             prior[key] = stored
         return Appended(message=stored)
@@ -258,8 +279,12 @@ class SqliteStore:
     def history(self, q: HistoryQuery) -> list[StoredMessage]:
         return read_history(self._conn, q)
 
+    def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+        return cursors_at(self._conn, room_ids, pk)
+
     def delete_all_messages(self) -> tuple[int, int]:
         with transaction(self._conn) as conn:
+            self._keep_pk_floor(conn)
             rooms = conn.execute("SELECT COUNT(DISTINCT room_id) FROM messages").fetchone()[0]
             deleted = conn.execute("DELETE FROM messages").rowcount
         return deleted, int(rooms)
@@ -289,6 +314,19 @@ def read_history(conn: sqlite3.Connection, q: HistoryQuery) -> list[StoredMessag
     return [_message(r) for r in rows]
 
 
+def cursors_at(conn: sqlite3.Connection, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+    """Each room's last seq among messages with a pk up to ``pk`` (0 where it has none): where a client whose
+    offset is ``pk`` stands. Within a room seq and pk rise together, so this walks the room's index back
+    from its newest message over the ones after ``pk`` only."""
+    cursors: dict[str, int] = {}
+    for room_id in room_ids:
+        row = conn.execute(
+            "SELECT seq FROM messages WHERE room_id = ? AND pk <= ? ORDER BY seq DESC LIMIT 1", (room_id, pk)
+        ).fetchone()
+        cursors[room_id] = int(row[0]) if row is not None else 0
+    return cursors
+
+
 class SqliteReader:
     """A second connection, on a thread of its own, for history and catch-up reads.
 
@@ -304,6 +342,9 @@ class SqliteReader:
 
     def history(self, q: HistoryQuery) -> list[StoredMessage]:
         return read_history(self._conn, q)
+
+    def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+        return cursors_at(self._conn, room_ids, pk)
 
     def close(self) -> None:
         self._conn.close()
