@@ -33,6 +33,7 @@ from collections.abc import Callable
 import trio
 
 from protocol.events import MessageOut, message_packet
+from protocol.recovery import cursors_offset, offset_packet, watermark_offset
 from protocol.websocket import frame
 from server.session import Session
 from storage.engine import StorageEngine
@@ -53,12 +54,15 @@ class Delivery:
         *,
         high_water: int,
         page: int,
+        offsets: bool = False,
     ) -> None:
         self._storage = storage
         self._head = head  # a room's last seq: committed (durable) or broadcast (fast)
         self.high_water = high_water
         self._low_water = high_water // 4
         self._page = page
+        self.offsets = offsets  # send recovery offsets (protocol/recovery.py): durable mode
+        self.watermark = 0  # the pk of the last committed message: where a member at the head stands
         self._subscribers: dict[str, set[Session]] = {}
         self._tails: dict[str, deque[tuple[int, bytes]]] = {}
         self._lagging: set[Session] = set()
@@ -68,12 +72,21 @@ class Delivery:
         self.lag_episodes = 0
 
     # -- subscriptions -----------------------------------------------------------------------------
-    def subscribe(self, session: Session, room_id: str) -> None:
-        """From now on the session gets the room's messages after its current head."""
+    def subscribe(self, session: Session, room_id: str, cursor: int | None = None) -> None:
+        """From now on the session gets the room's messages after ``cursor`` (default: its current head).
+
+        A cursor behind the head (a recovering client): call ``catch_up_if_behind`` once all rooms are in.
+        """
         if room_id in session.cursors:
             return
-        session.cursors[room_id] = self._head(room_id)
+        head = self._head(room_id)
+        session.cursors[room_id] = head if cursor is None else min(cursor, head)
         self._subscribers.setdefault(room_id, set()).add(session)
+
+    def catch_up_if_behind(self, session: Session) -> None:
+        """After subscribing a recovering client to all its rooms: catch up from the log where it is behind."""
+        if not session.lagging and any(c < self._head(r) for r, c in session.cursors.items()):
+            self._start_lag(session)
 
     def unsubscribe(self, session: Session, room_id: str) -> None:
         session.cursors.pop(room_id, None)
@@ -95,10 +108,46 @@ class Delivery:
         return len(self._lagging)
 
     # -- live pushes -------------------------------------------------------------------------------
-    def publish(self, room_id: str, packets: list[bytes], first_seq: int) -> int:
+    def publish_batch(self, runs: dict[str, tuple[int, list[bytes]]], watermark: int) -> None:
+        """A committed batch, room by room (each room's messages consecutive from its first seq).
+
+        With offsets on, each member at the head gets ``g<watermark>`` once all of the batch's rooms went out
+        to it: appended to the room's own frames for members of one touched room (encoded once for all), and
+        sent after the last room to members of several.
+        """
+        self.watermark = watermark
+        if not self.offsets:
+            for room_id, (first_seq, packets) in runs.items():
+                self.publish(room_id, packets, first_seq)
+            return
+        offset = offset_packet(watermark_offset(watermark))
+        several: set[Session] = set()
+        if len(runs) > 1:
+            seen: set[Session] = set()
+            for room_id in runs:
+                for session in self._subscribers.get(room_id, ()):
+                    if session in seen:
+                        several.add(session)
+                    seen.add(session)
+        for room_id, (first_seq, packets) in runs.items():
+            self.publish(room_id, packets, first_seq, offset=offset, not_for=several)
+        for session in several:
+            if not session.lagging:
+                session.send(offset)
+
+    def publish(
+        self,
+        room_id: str,
+        packets: list[bytes],
+        first_seq: int,
+        *,
+        offset: bytes | None = None,
+        not_for: set[Session] | frozenset[Session] = frozenset(),
+    ) -> int:
         """Push a room's consecutive messages (``first_seq``, ``first_seq + 1``, ...) to every member at the head.
 
-        Encoded and framed once for all. Returns how many members got them now; the others catch up later.
+        Encoded and framed once for all; ``offset`` (a packet) goes after them, except to the ``not_for``
+        members. Returns how many members got them now; the others catch up later.
         """
         members = self._subscribers.get(room_id)
         if not members:
@@ -106,8 +155,10 @@ class Delivery:
         last_seq = first_seq + len(packets) - 1
         before = first_seq - 1
         frames = frame(packets[0]) if len(packets) == 1 else b"".join([frame(p) for p in packets])
-        size = len(frames)
-        limit = self.high_water - size
+        limit = self.high_water - len(frames)
+        with_offset = (packets, frames)
+        if offset is not None:
+            with_offset = ([*packets, offset], frames + frame(offset))
         pushed = 0
         for session in members:
             if session.lagging:
@@ -115,7 +166,8 @@ class Delivery:
             if session.cursors[room_id] != before or session.pending_bytes > limit:
                 self._start_lag(session)
                 continue
-            if session.send_many(packets, frames):
+            these, these_frames = (packets, frames) if session in not_for else with_offset
+            if session.send_many(these, these_frames):
                 session.cursors[room_id] = last_seq
                 pushed += 1
         self.messages_pushed += pushed * len(packets)
@@ -126,6 +178,11 @@ class Delivery:
         self._lagging.add(session)
         self.lag_episodes += 1
         self._wake.set()
+        self._send_cursors(session)  # where it stands now exactly: a room of this batch may have gone out
+
+    def _send_cursors(self, session: Session) -> None:
+        if self.offsets:
+            session.send(offset_packet(cursors_offset(session.cursors)))
 
     # -- fast mode's uncommitted tail ----------------------------------------------------------------
     def hold(self, room_id: str, seq: int, packet: bytes) -> None:
@@ -203,6 +260,7 @@ class Delivery:
             session.send_many(packets, b"".join(frames))
             session.cursors[room_id] = after + len(packets)
             self.messages_caught_up += len(packets)
+            self._send_cursors(session)
         elif rows:  # the next stored seq is past a gap (a fast-mode crash skip): nothing is stored in between
             session.cursors[room_id] = rows[0].seq - 1
         else:  # nothing stored past the cursor though the head is further: deleted (delete-all) or never stored
@@ -225,6 +283,7 @@ class Delivery:
             session.send_many(packets, b"".join([frame(p) for p in packets]))
             session.cursors[room_id] = last
             self.messages_caught_up += len(packets)
+            self._send_cursors(session)
 
     def _stored_head(self, room_id: str) -> int:
         """The last seq that is in the log: the head, less the fast-mode tail."""
@@ -252,4 +311,6 @@ class Delivery:
             session.cursors[room_id] = missing[-1][0]
         session.lagging = False
         self._lagging.discard(session)
+        if plan:
+            self._send_cursors(session)
         return True

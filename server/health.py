@@ -143,3 +143,6 @@ class ReportingStorage:
 
     async def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
         return await self._report(self.inner.cursors_at(room_ids, pk), write=False)
+
+    async def log_head(self) -> int:
+        return await self._report(self.inner.log_head(), write=False)

@@ -42,6 +42,7 @@ from protocol.events import (
     event_packet,
     message_packet,
 )
+from protocol.recovery import Position, connect_reply, new_pid, pid_position, recovery_request
 from protocol.socketio import SioType
 from server.delivery import Delivery
 from server.metrics import Metrics
@@ -52,6 +53,7 @@ from server.session import Session
 from server.tokens import Tokens
 from storage.batcher import WriteBehindBatcher
 from storage.engine import StorageEngine
+from storage.errors import StorageError
 from storage.ids import new_id
 from storage.records import Appended, NewMessage, StoredMessage
 from storage.timefmt import iso_utc
@@ -98,8 +100,14 @@ class Hub:
         self.metrics = metrics
         self.flusher = Flusher()
         self.sessions: dict[str, Session] = {}
+        self.storage = storage
         self.delivery = Delivery(
-            storage, registry.head, high_water=settings.catchup_high_water, page=settings.catchup_page
+            storage,
+            registry.head,
+            high_water=settings.catchup_high_water,
+            page=settings.catchup_page,
+            # Recovery offsets name places in the log: in fast mode members see messages before the log has them.
+            offsets=settings.mode == "durable",
         )
         self._doomed: list[tuple[Session, str]] = []
         self._reaper = trio.lowlevel.ParkingLot()
@@ -227,23 +235,53 @@ class Hub:
                 session.send(b"44" + packet.namespace.encode() + b',{"message":"Invalid namespace"}')
             return
         if packet.type == SioType.CONNECT:
-            self._connect(session)
+            await self._connect(session, packet.data)
         elif packet.type == SioType.DISCONNECT:
             self.delivery.unsubscribe_all(session)
             session.sio_sid = None
         elif packet.type == SioType.EVENT and session.sio_sid is not None:
             await self._on_event(session, packet)
 
-    def _connect(self, session: Session) -> None:
+    async def _connect(self, session: Session, data: str) -> None:
+        """CONNECT: authenticate, join every room the user is in (§3.2), and recover if the client asks.
+
+        A socket.io-client that was connected before sends back its ``pid`` and last offset: its rooms are
+        joined at the cursors that offset names, and what it missed comes from the log (protocol/recovery.py).
+        """
         user = self.tokens.username(session.token) if session.token else None
         if user is None:
             session.send(AUTH_ERROR)
             return
         session.user = user
         session.sio_sid = session.sio_sid or secrets.token_urlsafe(15)
-        session.send(b'40{"sid":"' + session.sio_sid.encode() + b'"}')
-        for room in self.registry.rooms_of(user):  # auto-join every room the user is in (§3.2)
-            self.delivery.subscribe(session, room.room_id)
+        request = recovery_request(data) if self.delivery.offsets else None
+        cursors: dict[str, int] = {}
+        pid = new_pid(self.delivery.watermark) if self.delivery.offsets else None
+        if request is not None:
+            rooms = [room.room_id for room in self.registry.rooms_of(user)]
+            try:
+                cursors = await self._recovered_cursors(rooms, request[1], request[0])
+                pid = request[0]
+            except StorageError as exc:  # served as a new connection (recovered false): it can use after_seq
+                log.warning("could not recover session %s of %s: %s", session.sid, user, exc)
+            if session.closed:
+                return
+        session.send(connect_reply(session.sio_sid, pid))
+        for room in self.registry.rooms_of(user):
+            self.delivery.subscribe(session, room.room_id, cursors.get(room.room_id))
+        self.delivery.catch_up_if_behind(session)
+
+    async def _recovered_cursors(self, rooms: list[str], position: Position, pid: str) -> dict[str, int]:
+        """Per-room cursors of a recovering client: given by its offset, or found in the log from a watermark."""
+        if position.cursors is None:
+            assert position.pk is not None
+            return await self.storage.cursors_at(rooms, position.pk)
+        cursors = {room: position.cursors[room] for room in rooms if room in position.cursors}
+        missing = [room for room in rooms if room not in cursors]
+        fallback = pid_position(pid)  # rooms joined after its last cursors offset: from where it first stood
+        if missing and fallback is not None and fallback.pk is not None:
+            cursors.update(await self.storage.cursors_at(missing, fallback.pk))
+        return cursors
 
     async def _on_event(self, session: Session, packet: socketio.SioPacket) -> None:
         try:
@@ -366,6 +404,7 @@ class Hub:
         # Durable mode broadcasts a batch's messages room by room, each room's in seq order, joined into one
         # outbox entry per member: a 1,000-member room costs 1,000 pushes per batch, not per message.
         outgoing: dict[str, tuple[int, list[bytes]]] = {}
+        watermark = 0
         for (message, _), result in zip(batch, results, strict=True):
             stored = result.message
             if not durable and message.seq is not None:
@@ -375,15 +414,16 @@ class Hub:
             room = self.registry.get(stored.room_id)
             if room is not None and stored.seq > room.last_seq:
                 room.last_seq = stored.seq
+            watermark = max(watermark, stored.pk)
             if durable:
                 out = MessageOut(
                     "message", stored.room_id, stored.sender, stored.content, stored.timestamp, stored.id, stored.seq
                 )
                 run = outgoing.setdefault(stored.room_id, (stored.seq, []))
                 run[1].append(message_packet(out))
-        for room_id, (first_seq, packets) in outgoing.items():
-            self.delivery.publish(room_id, packets, first_seq)
-            self.messages_broadcast += len(packets)
+        if outgoing:
+            self.delivery.publish_batch(outgoing, watermark)
+            self.messages_broadcast += sum(len(packets) for _, packets in outgoing.values())
         # Acks after the broadcasts: a sender that is in the room sees its message before the ack.
         for (message, ticket), result in zip(batch, results, strict=True):
             stored = result.message

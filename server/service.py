@@ -157,6 +157,7 @@ class MinitalkServer:
             await nursery.start(self._run_storage, storage_stop)
             try:
                 await self.registry.load()
+                self.hub.delivery.watermark = await self.storage.log_head()
                 fast = self.config.delivery_mode == "fast"
                 if fast:
                     await self._begin_fast_run()

@@ -68,6 +68,10 @@ class StorageEngine(Protocol):
         """Each room's last seq among its messages with ``pk`` at most the given one (0 where none is)."""
         ...
 
+    async def log_head(self) -> int:
+        """The highest pk any message was ever given (0 for an empty log): where a new client stands."""
+        ...
+
     async def recent_idempotent_sends(self, limit: int) -> list[StoredMessage]:
         """The newest ``limit`` messages stored with a clientMsgId, oldest first (fast mode's window at start)."""
         ...

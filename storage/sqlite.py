@@ -148,5 +148,8 @@ class SqliteEngine:
             return await self._read(self._reader.cursors_at, tuple(room_ids), pk)
         return await self._call(self._open.cursors_at, tuple(room_ids), pk)
 
+    async def log_head(self) -> int:
+        return await self._call(self._open.log_head)
+
     async def delete_all_messages(self) -> tuple[int, int]:
         return await self._call(self._open.delete_all_messages)

@@ -282,6 +282,10 @@ class SqliteStore:
     def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
         return cursors_at(self._conn, room_ids, pk)
 
+    def log_head(self) -> int:
+        """The highest pk ever given (0 for an empty log)."""
+        return self._next_pk - 1
+
     def delete_all_messages(self) -> tuple[int, int]:
         with transaction(self._conn) as conn:
             self._keep_pk_floor(conn)

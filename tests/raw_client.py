@@ -10,6 +10,8 @@ import msgspec
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from protocol.recovery import OFFSET_EVENT
+
 
 class RawClient:
     def __init__(self, ws: WebSocketConnection) -> None:
@@ -34,14 +36,16 @@ class RawClient:
         ack = "" if ack_id is None else str(ack_id)
         await self.ws.send_message("42" + ack + msgspec.json.encode([event, data]).decode())
 
-    async def next_event(self) -> tuple[str, Any]:
-        """The next Socket.IO event or ack, answering pings on the way."""
+    async def next_event(self, *, offsets: bool = False) -> tuple[str, Any]:
+        """The next Socket.IO event or ack, answering pings on the way; recovery offsets only if asked for."""
         while True:
             text = await self.packet()
             if text == "2":
                 await self.ws.send_message("3")
             elif text.startswith("42"):
                 name, data = msgspec.json.decode(text[2:])
+                if name == OFFSET_EVENT and not offsets:
+                    continue
                 return name, data
             elif text.startswith("43"):
                 bracket = text.index("[")

@@ -10,9 +10,8 @@ once, in seq order. Two readers, one per real client library:
   merges the live events, de-duplicating by seq. That works against today's server.
 * **socket.io-client 4.8.1 on Node** (the frontend's stack, :mod:`tests.node_peer`) relies on connection state
   recovery only: the same ``Socket`` reconnects, sends back the ``pid`` and last ``offset`` it was given, and
-  must come back with ``socket.recovered === true`` and the missed messages, with no REST call. Until the
-  server implements it these tests are strict xfails that fail with :class:`RecoveryMissing` and nothing else:
-  a harness fault (no reconnect, no messages, a hang) is an ordinary failure.
+  must come back with ``socket.recovered === true`` and the missed messages, with no REST call
+  (:class:`RecoveryMissing` when it does not).
 
 Disconnects last 5 s (the issue's short case) or, opt-in with ``MINITALK_SLOW_TESTS=1``, 5 minutes in real
 time: the clients are real sockets in threads and a Node process, and an ``autojump_clock`` only moves trio's
@@ -59,31 +58,8 @@ AWAYS = [
 ]
 
 
-class _FailedWith(type):
-    """``isinstance(error, RecoveryMissing)`` also holds for a group whose only leaf is one.
-
-    pytest-trio runs a test inside a nursery, so whatever it raises reaches pytest wrapped in an
-    ``ExceptionGroup``, and ``xfail(raises=...)`` checks ``isinstance`` on that group. Without this, the
-    ``raises`` filter would turn the expected failure into a plain one; with it, anything else a test raises
-    (a harness fault: no reconnect, no message, a hang) still fails as usual.
-    """
-
-    def __instancecheck__(cls, instance: Any) -> bool:
-        while isinstance(instance, BaseExceptionGroup) and len(instance.exceptions) == 1:
-            instance = instance.exceptions[0]
-        return type.__instancecheck__(cls, instance)
-
-
-class RecoveryMissing(AssertionError, metaclass=_FailedWith):
+class RecoveryMissing(AssertionError):
     """The reconnected socket.io-client socket reports ``recovered`` false: the server did not recover it."""
-
-
-def recovery_xfail() -> pytest.MarkDecorator:
-    return pytest.mark.xfail(
-        strict=True,
-        raises=RecoveryMissing,
-        reason="connection state recovery not implemented yet (issue 12 item 4)",
-    )
 
 
 def pace_for(away: float) -> float:
@@ -337,7 +313,7 @@ async def node_away_mid_bombing(
 async def test_node_harness_connects_receives_and_reconnects_the_same_socket(
     running: RunningServer, nursery: trio.Nursery
 ) -> None:
-    """The harness itself, today: if this fails, the xfails below prove nothing."""
+    """The harness itself: if this fails, the recovery tests below prove nothing."""
     room, node, history = await node_away_mid_bombing(running.url, nursery, 1.0, seen_before=10)
     assert [e["reason"] for e in node.of("disconnect")] == ["forced close", "io client disconnect"], node.describe()
     assert node.of("reconnect_attempt"), "the Manager reconnected, not a new socket"
@@ -351,7 +327,6 @@ async def test_node_harness_connects_receives_and_reconnects_the_same_socket(
     assert [s for s, _ in got] == sorted(set(s for s, _ in got)), "no duplicate, in seq order"
 
 
-@recovery_xfail()
 @pytest.mark.parametrize("away", AWAYS)
 async def test_node_socketio_client_away_mid_bombing_recovers_every_message(
     running: RunningServer, nursery: trio.Nursery, away: float
@@ -361,7 +336,6 @@ async def test_node_socketio_client_away_mid_bombing_recovers_every_message(
     assert_node_reader_has_history(node, history, room)
 
 
-@recovery_xfail()
 async def test_node_socketio_client_that_saw_no_event_before_dropping_still_recovers(
     running: RunningServer, nursery: trio.Nursery
 ) -> None:
@@ -448,7 +422,6 @@ async def test_python_socketio_client_catches_up_across_a_server_restart(
     assert await restart.server.terminate() == 0
 
 
-@recovery_xfail()
 async def test_node_socketio_client_recovers_across_a_server_restart(nursery: trio.Nursery, tmp_path: Path) -> None:
     node_exe = node_or_skip()
     restart = Restart(nursery, tmp_path)
@@ -477,7 +450,7 @@ async def test_node_socketio_client_recovers_across_a_server_restart(nursery: tr
 
 
 async def test_harness_sees_socketio_reference_server_recover_every_message(nursery: trio.Nursery) -> None:
-    """On a server that recovers (socket.io 4.8.1's own), the checks the xfails make pass: they can turn green."""
+    """On a server that recovers (socket.io 4.8.1's own) the same checks pass: they test recovery, not quirks."""
     node_exe = node_or_skip()
     reference = await ReferenceServer.start(nursery, node_exe)
     node = await NodeClient.start(nursery, node_exe, reference.url, "any")

@@ -72,7 +72,9 @@ async def test_malformed_packets_close_cleanly(running: RunningServer, garbage: 
         await bad.ws.send_message(garbage)
         if garbage == '42{"not":"an array"}':  # valid Socket.IO framing, not an event array: ignored
             await bad.emit("send_message", {"roomId": room, "content": "ok"}, ack_id=1)
-            assert (await bad.next_event())[0] in ("message", "ack:1")
+            with trio.fail_after(10):  # read up to the ack: trio-websocket holds one unread message at most
+                while (await bad.next_event())[0] != "ack:1":
+                    pass
         else:
             assert await closed_code(bad) in (1000, 1002)
     await still_serving(running.url, tokens["b"], room)
