@@ -21,6 +21,7 @@ import trio
 from bench.accounting import StreamTracker
 from bench.histogram import Histogram
 from bench.polling import PollingStream
+from bench.slowread import MemberWatch
 from bench.wsclient import PING_FRAME, PONG, client_frame
 
 _encode = msgspec.json.Encoder().encode
@@ -47,6 +48,8 @@ class Client:
         self.check = check  # False: only count deliveries (members beyond the checked sample of a big room)
         self.counted = 0
         self.seqs: dict[int, set[int]] | None = None  # churners: seqs seen per room, live or from history
+        self.watch: MemberWatch | None = None  # slow readers: the pace and what they observe
+        self.closed_at: float | None = None  # time.monotonic() when the server closed or reset the connection
         self.trackers: dict[tuple[int, int], StreamTracker] = {}  # (sender, room) → what this member saw
         self.pending_acks: dict[int, tuple[int, int]] = {}  # ack id → (room, scheduled ns)
         self.accepted: dict[int, int] = {}  # room → messages of ours the server accepted
@@ -115,6 +118,9 @@ class Client:
         if self.seqs is not None:
             await self._seq_loop()
             return
+        if self.watch is not None:
+            await self._watched_loop(self.watch)
+            return
         stats = self.stats
         while True:
             data = await self.stream.receive_some(_READ)
@@ -138,6 +144,44 @@ class Client:
             self._tail = buf[max(end, len(buf) - _TAIL) :]
             if PING_FRAME in data:
                 await self._pong()
+
+    async def _watched_loop(self, watch: MemberWatch) -> None:
+        """A slow reader's path: the checked path, paced by ``watch``, its latencies kept apart from the rest.
+
+        A copy of ``receive_loop``'s body rather than a hook in it: that loop is the client's hot path.
+        """
+        stats = self.stats
+        slow_end = watch.slow_end_ns
+        while True:
+            data = await self.stream.receive_some(watch.read_size())
+            if not data:
+                return
+            now = time.monotonic_ns()
+            buf = self._tail + data
+            end = messages = worst = 0
+            for match in _PATTERN.finditer(buf):
+                end = match.end()
+                sched, sender, room, n, ack, body = match.groups()
+                if sched is not None:
+                    key = (int(sender), int(room))
+                    tracker = self.trackers.get(key)
+                    if tracker is None:
+                        tracker = self.trackers[key] = StreamTracker()
+                    tracker.see(int(n))
+                    scheduled = int(sched)
+                    latency = (now - scheduled) // 1000
+                    stats.slow_delivery(latency)
+                    worst = max(worst, latency)
+                    messages += 1
+                    if scheduled < slow_end:
+                        watch.last_old_ns = now
+                else:
+                    self._on_ack(int(ack), body, now)
+            self._tail = buf[max(end, len(buf) - _TAIL) :]
+            if PING_FRAME in data:
+                await self._pong()
+            watch.observe(now, len(data), worst)
+            await watch.pace(messages)
 
     async def _seq_loop(self) -> None:
         """The churner's path: like the checked path, but each message is taken once by its seq, live or not."""
@@ -237,6 +281,11 @@ class Stats:
         self.second: list[int] = [0, 0, 0]  # sent, acked, delivered in the current second
         self.second_latency = Histogram()
         self.timeline: list[tuple[int, int, int, str]] = []  # per second: sent, acked, delivered, histogram
+        # Slow readers' deliveries (slow-readers scenario): counted as deliveries, their latency kept apart so
+        # that delivery_latency stays the full-speed members' (the ones that must not notice).
+        self.slow_latency = Histogram()
+        self.second_slow_latency = Histogram()
+        self.slow_timeline: list[str] = []  # per second: the slow readers' latency histogram
 
     @property
     def delivered(self) -> int:
@@ -247,6 +296,12 @@ class Stats:
         self.second[2] += 1
         self.delivery_latency.record(latency_us)
         self.second_latency.record(latency_us)
+
+    def slow_delivery(self, latency_us: int) -> None:
+        self._delivered += 1
+        self.second[2] += 1
+        self.slow_latency.record(latency_us)
+        self.second_slow_latency.record(latency_us)
 
     def counted(self, n: int) -> None:
         """Deliveries counted without checking; called from the count-only reader thread too."""
@@ -271,4 +326,6 @@ class Stats:
         self.timeline.append((sent, acked, delivered + counted, self.second_latency.encode()))
         self.second = [0, 0, 0]
         self.second_latency = Histogram()
+        self.slow_timeline.append(self.second_slow_latency.encode())
+        self.second_slow_latency = Histogram()
         return sent, acked, delivered + counted
