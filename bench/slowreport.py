@@ -180,8 +180,8 @@ def verdict(members: list[SlowMember], phases: SlowPhases) -> str:
     """Did the server buffer for its slow members, drop messages to them, or cut them off?"""
     t = phases.slow_totals
     rss = phases.rss_mb
-    memory = f"; server RSS {rss['start']:.0f} MB at the start, {max(rss['max_slow'], rss['max_after']):.0f} MB at most"
-    memory = memory if rss else ""
+    peak = max((v for k, v in rss.items() if k.startswith("max") and not math.isnan(v)), default=math.nan)
+    memory = f"; server RSS {rss['start']:.0f} MB at the start, {peak:.0f} MB at most" if rss else ""
     if t["disconnects"]:
         first = min(m.disconnected_at_s for m in members if m.disconnects)
         cut = phases.server_cut_off_at_s
