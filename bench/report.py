@@ -70,7 +70,7 @@ def plots(result: Result, directory: Path, stem: str) -> list[Path]:
     internals = [s for s in result.server_resources if "loop_lag_ms" in s]
     if internals:  # our server's /metrics, scraped each second (the peers have none)
         made.append(_internals_plot(result, internals, directory / f"{stem}-internals.png"))
-    if result.slow_members:
+    if result.slow_phases.slow_for_s > 0:  # NaN (not slow-readers) compares False
         made.append(slowreport.plot(result, directory / f"{stem}-slow.png"))
     return made
 

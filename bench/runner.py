@@ -363,7 +363,7 @@ def _result(
             samples=sampler.samples,
             commit=(before, sampler.commit_snapshots, after),
         )
-        if scenario.slow
+        if scenario.slow_for > 0  # with no slow member too: the baseline's phases
         else ([], None)
     )
     result = Result(

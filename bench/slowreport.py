@@ -182,7 +182,9 @@ def verdict(members: list[SlowMember], phases: SlowPhases) -> str:
     rss = phases.rss_mb
     peak = max((v for k, v in rss.items() if k.startswith("max") and not math.isnan(v)), default=math.nan)
     memory = f"; server RSS {rss['start']:.0f} MB at the start, {peak:.0f} MB at most" if rss else ""
-    if t["disconnects"]:
+    if not members:
+        text = "no slow members (a baseline: the same load, everyone at full speed)"
+    elif t["disconnects"]:
         first = min(m.disconnected_at_s for m in members if m.disconnects)
         cut = phases.server_cut_off_at_s
         server = f", the server's counter by {cut[0]:.0f} s" if cut else ""
@@ -212,7 +214,7 @@ def _f(value: float, digits: int = 2) -> str:
 
 def markdown(results: list[Result]) -> list[str]:
     """The scenario's section: the targets side by side, then each target's slow members, worst first."""
-    ours = [r for r in results if r.slow_members]
+    ours = [r for r in results if r.slow_phases.slow_for_s > 0]  # NaN: not the slow-readers scenario
     if not ours:
         return []
     first = ours[0].slow_phases
@@ -236,7 +238,8 @@ def markdown(results: list[Result]) -> list[str]:
         lines.append(f"| {label} | " + " | ".join(get(r) for r in ours) + " |")
     lines.append("")
     for r in ours:
-        lines += [f"**{r.server['name']}**: {r.slow_phases.verdict}.", "", *_member_table(r), ""]
+        table = _member_table(r) if r.slow_members else []
+        lines += [f"**{r.server['name']}**: {r.slow_phases.verdict}.", "", *table, ""]
     return lines
 
 
@@ -267,7 +270,11 @@ def _t(r: Result) -> dict[str, int]:
 
 
 def _slow_ms(r: Result, key: str) -> str:
-    return _f(r.slow_phases.slow_latency_ms.get(key, math.nan), 0)
+    return _na(r.slow_phases.slow_latency_ms.get(key, math.nan), 0)
+
+
+def _na(value: float, digits: int = 2) -> str:
+    return "-" if math.isnan(value) else f"{value:,.{digits}f}"
 
 
 def _commit(key: str) -> Any:
@@ -287,7 +294,7 @@ _ROWS: list[tuple[str, Any]] = [
     ("slow members: disconnects", _total("slow", "disconnects")),
     ("server: slow-consumer cut-offs (at s)", lambda r: _cut(r) if r.slow_phases.commit_p99_ms else "n/a"),
     ("slow members: worst catch-up", _worst_catch_up),
-    ("slow members: most time lagging s", lambda r: _f(max((m.lagging_s for m in r.slow_members), default=math.nan))),
+    ("slow members: most time lagging s", lambda r: _na(max((m.lagging_s for m in r.slow_members), default=math.nan))),
     ("slow members: delivery p99 / max ms", lambda r: f"{_slow_ms(r, 'p99')} / {_slow_ms(r, 'max')}"),
     ("full-speed members: lost", _total("other", "lost")),
     ("full-speed members: duplicated", _total("other", "duplicated")),
