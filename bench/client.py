@@ -22,7 +22,7 @@ from bench.accounting import StreamTracker
 from bench.histogram import Histogram
 from bench.polling import PollingStream
 from bench.slowread import MemberWatch
-from bench.wsclient import PING_FRAME, PONG, client_frame
+from bench.wsclient import client_frame, pongs_for
 
 _encode = msgspec.json.Encoder().encode
 # A message's content header, or an ack (43<id>[...]) with enough of its payload to see "ok".
@@ -61,7 +61,7 @@ class Client:
         # The receive loop never waits for the lock: a sender blocked by a server that is not reading could
         # be waiting for us to read. A pong owed while a send is in progress goes out right after it.
         self._send_lock = trio.Lock()
-        self._pong_owed = False
+        self._owed = b""  # pongs due while a send held the lock
         self._tail = b""
 
     @classmethod
@@ -92,15 +92,19 @@ class Client:
     async def send(self, data: bytes) -> None:
         async with self._send_lock:
             await self.stream.send_all(data)
-            if self._pong_owed:
-                self._pong_owed = False
-                await self.stream.send_all(PONG)
+            if self._owed:
+                owed, self._owed = self._owed, b""
+                await self.stream.send_all(owed)
 
-    async def _pong(self) -> None:
+    async def _answer_pings(self, data: bytes | bytearray) -> None:
+        """Pong the Engine.IO and websocket pings in a chunk, at once or right after a send in progress."""
+        owed = pongs_for(data)
+        if not owed:
+            return
         if self._send_lock.locked():
-            self._pong_owed = True
+            self._owed += owed
         else:
-            await self.send(PONG)
+            await self.send(owed)
 
     def frame_for(self, room: int, room_id: str, n: int, scheduled_ns: int, padding: str) -> bytes:
         ack = self._next_ack
@@ -142,8 +146,7 @@ class Client:
                 else:
                     self._on_ack(int(ack), body, now)
             self._tail = buf[max(end, len(buf) - _TAIL) :]
-            if PING_FRAME in data:
-                await self._pong()
+            await self._answer_pings(data)
 
     async def _watched_loop(self, watch: MemberWatch) -> None:
         """A slow reader's path: the checked path, paced by ``watch``, its latencies kept apart from the rest.
@@ -178,8 +181,7 @@ class Client:
                 else:
                     self._on_ack(int(ack), body, now)
             self._tail = buf[max(end, len(buf) - _TAIL) :]
-            if PING_FRAME in data:
-                await self._pong()
+            await self._answer_pings(data)
             watch.observe(now, len(data), worst)
             await watch.pace(messages)
 
@@ -193,8 +195,7 @@ class Client:
             buf = tail + data
             end = self.absorb(buf, live=True)
             tail = buf[max(end, len(buf) - _TAIL) :]
-            if PING_FRAME in data:
-                await self._pong()
+            await self._answer_pings(data)
 
     def last_seq(self, room: int) -> int:
         """The newest seq this churner has of ``room`` (0 if none): where a catch-up starts."""
@@ -237,8 +238,7 @@ class Client:
             self.counted += found
             self.stats.counted(found)
             tail = buf[-keep:]
-            if PING_FRAME in data:
-                await self._pong()
+            await self._answer_pings(data)
 
     def _on_ack(self, ack_id: int, body: bytes, now: int) -> None:
         pending = self.pending_acks.pop(ack_id, None)

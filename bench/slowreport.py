@@ -192,6 +192,7 @@ def verdict(members: list[SlowMember], phases: SlowPhases) -> str:
             f"disconnected: cut off {t['disconnected_members']} of {len(members)} slow members (the first noticed"
             f" {first:.1f} s into the load{server}); what they missed is lost: {t['lost']:,} messages"
         )
+        text += " (the disconnects came after everything sent to them had arrived)" if not t["lost"] else ""
     elif t["lost_in_gaps"]:
         text = f"dropped: {t['lost_in_gaps']:,} messages to slow members never came (holes in their streams)"
     elif t["lost_at_tail"]:
@@ -229,7 +230,8 @@ def markdown(results: list[Result]) -> list[str]:
         " member's acks wait behind its backlog): neither expected nor lost."
         " Catch-up: from the end of the slow phase until everything sent before it had arrived (never: something"
         " sent before it never came). Lagging: time with deliveries more than 1 s late. The headline delivery"
-        " latency above is the full-speed members'; the slow members' is below.",
+        " latency above is the full-speed members'; the slow members' is below (the ack latency above includes"
+        " the slow members' own acks, which wait behind their backlog).",
         "",
         "| | " + " | ".join(r.server["name"] for r in ours) + " |",
         "|---|" + "---|" * len(ours),
