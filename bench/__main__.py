@@ -32,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "scenario",
         help="tiny, light, quick, medium, strong, extreme, mega, single, multipub,"
-        " fanout, slow-consumer, mixed, endurance, smoke, stress",
+        " fanout, slow-consumer, slow-readers, mixed, endurance, smoke, stress",
     )
     run.add_argument(
         "--duration",
@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         help="fraction of the members (0-1) that use Engine.IO long-polling instead of websocket (default 0)",
     )
     run.add_argument("--no-live", action="store_true", help="no live table on stderr while running")
+    _slow_flags(run)
     cmp = sub.add_parser(
         "compare",
         help="compare two results; exit 1 if NEW regressed past the threshold",
@@ -101,8 +102,51 @@ def _parser() -> argparse.ArgumentParser:
         help="targets to include (default: all): ours-durable ours-fast python-socketio node-socket.io",
     )
     peers.add_argument("--out", type=Path, default=RESULTS)
+    _slow_flags(peers)
     sub.add_parser("list", help="list the scenarios")
     return p
+
+
+def _slow_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = scenarios.SlowReading()
+    parser.add_argument(
+        "--slow-share",
+        type=_share,
+        help=f"slow-readers: fraction of the room members that read slowly (default {defaults.share:.3g})",
+    )
+    parser.add_argument(
+        "--read-fraction",
+        type=_share,
+        help="slow-readers: share of their rooms' message rate the slow members read while slow"
+        f" (default {defaults.read_fraction:g})",
+    )
+    parser.add_argument(
+        "--slow-for",
+        type=float,
+        help=f"slow-readers: seconds from the start during which they read slowly (default {defaults.slow_for:g});"
+        f" the load lasts this + {scenarios.SLOW_READERS_RECOVERY_S:g} s unless --duration says otherwise",
+    )
+
+
+def _slow_reading(args: argparse.Namespace) -> scenarios.SlowReading | None:
+    given = {
+        "share": args.slow_share,
+        "read_fraction": args.read_fraction,
+        "slow_for": args.slow_for,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    return scenarios.SlowReading(**given) if given else None
+
+
+def _by_name(args: argparse.Namespace) -> scenarios.Scenario:
+    return scenarios.by_name(
+        args.scenario,
+        duration=args.duration,
+        rate=args.rate,
+        members=args.members,
+        polling_share=args.polling_share,
+        slow=_slow_reading(args),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,13 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_peers(args, command)
     if args.scenario == "stress":
         return run_stress(args, command)
-    scenario = scenarios.by_name(
-        args.scenario,
-        duration=args.duration,
-        rate=args.rate,
-        members=args.members,
-        polling_share=args.polling_share,
-    )
+    scenario = _by_name(args)
     server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     stem = f"{stamp}-{scenario.name}-{args.mode if not args.url else 'external'}"
@@ -154,6 +192,7 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     """Unknown names, and combinations that would silently do something else than asked, are refused."""
     if args.command in ("run", "peers") and args.scenario not in scenarios.names():
         parser.error(f"unknown scenario {args.scenario!r}; known: {', '.join(scenarios.names())}")
+    _check_slow_flags(parser, args)
     if args.command == "peers":
         if args.scenario == "stress":
             parser.error("peers ramps the scenario it runs: use --stress (e.g. peers fanout --stress)")
@@ -178,6 +217,11 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                 parser.error(f"{flag} does not apply to stress ({why})")
     elif args.start_rate is not None:
         parser.error("--start-rate is for the stress ramp (run stress, peers --stress)")
+
+
+def _check_slow_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.command in ("run", "peers") and args.scenario != "slow-readers" and _slow_reading(args) is not None:
+        parser.error("--slow-share, --read-fraction and --slow-for are for the slow-readers scenario")
 
 
 def run_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -304,13 +348,7 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
             continue
         print(f"== {server.name}", flush=True)
         try:
-            scenario = scenarios.by_name(
-                args.scenario,
-                duration=args.duration,
-                rate=args.rate,
-                members=args.members,
-                polling_share=args.polling_share,
-            )
+            scenario = _by_name(args)
             results.append(runner.run(scenario, server))
             if args.stress:
                 ramps.append(

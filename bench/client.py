@@ -21,7 +21,8 @@ import trio
 from bench.accounting import StreamTracker
 from bench.histogram import Histogram
 from bench.polling import PollingStream
-from bench.wsclient import PING_FRAME, PONG, client_frame
+from bench.slowread import MemberWatch
+from bench.wsclient import client_frame, pongs_for
 
 _encode = msgspec.json.Encoder().encode
 # A message's content header, or an ack (43<id>[...]) with enough of its payload to see "ok".
@@ -47,6 +48,8 @@ class Client:
         self.check = check  # False: only count deliveries (members beyond the checked sample of a big room)
         self.counted = 0
         self.seqs: dict[int, set[int]] | None = None  # churners: seqs seen per room, live or from history
+        self.watch: MemberWatch | None = None  # slow readers: the pace and what they observe
+        self.closed_at: float | None = None  # time.monotonic() when the server closed or reset the connection
         self.trackers: dict[tuple[int, int], StreamTracker] = {}  # (sender, room) → what this member saw
         self.pending_acks: dict[int, tuple[int, int]] = {}  # ack id → (room, scheduled ns)
         self.accepted: dict[int, int] = {}  # room → messages of ours the server accepted
@@ -58,7 +61,7 @@ class Client:
         # The receive loop never waits for the lock: a sender blocked by a server that is not reading could
         # be waiting for us to read. A pong owed while a send is in progress goes out right after it.
         self._send_lock = trio.Lock()
-        self._pong_owed = False
+        self._owed = b""  # pongs due while a send held the lock
         self._tail = b""
 
     @classmethod
@@ -89,15 +92,19 @@ class Client:
     async def send(self, data: bytes) -> None:
         async with self._send_lock:
             await self.stream.send_all(data)
-            if self._pong_owed:
-                self._pong_owed = False
-                await self.stream.send_all(PONG)
+            if self._owed:
+                owed, self._owed = self._owed, b""
+                await self.stream.send_all(owed)
 
-    async def _pong(self) -> None:
+    async def _answer_pings(self, data: bytes | bytearray) -> None:
+        """Pong the Engine.IO and websocket pings in a chunk, at once or right after a send in progress."""
+        owed = pongs_for(data)
+        if not owed:
+            return
         if self._send_lock.locked():
-            self._pong_owed = True
+            self._owed += owed
         else:
-            await self.send(PONG)
+            await self.send(owed)
 
     def frame_for(self, room: int, room_id: str, n: int, scheduled_ns: int, padding: str) -> bytes:
         ack = self._next_ack
@@ -114,6 +121,9 @@ class Client:
             return
         if self.seqs is not None:
             await self._seq_loop()
+            return
+        if self.watch is not None:
+            await self._watched_loop(self.watch)
             return
         stats = self.stats
         while True:
@@ -136,8 +146,44 @@ class Client:
                 else:
                     self._on_ack(int(ack), body, now)
             self._tail = buf[max(end, len(buf) - _TAIL) :]
-            if PING_FRAME in data:
-                await self._pong()
+            await self._answer_pings(data)
+
+    async def _watched_loop(self, watch: MemberWatch) -> None:
+        """A slow reader's path: the checked path, paced by ``watch``, its latencies kept apart from the rest.
+
+        A copy of ``receive_loop``'s body rather than a hook in it: that loop is the client's hot path.
+        """
+        stats = self.stats
+        slow_end = watch.slow_end_ns
+        while True:
+            data = await self.stream.receive_some(watch.read_size())
+            if not data:
+                return
+            now = time.monotonic_ns()
+            buf = self._tail + data
+            end = messages = worst = 0
+            for match in _PATTERN.finditer(buf):
+                end = match.end()
+                sched, sender, room, n, ack, body = match.groups()
+                if sched is not None:
+                    key = (int(sender), int(room))
+                    tracker = self.trackers.get(key)
+                    if tracker is None:
+                        tracker = self.trackers[key] = StreamTracker()
+                    tracker.see(int(n))
+                    scheduled = int(sched)
+                    latency = (now - scheduled) // 1000
+                    stats.slow_delivery(latency)
+                    worst = max(worst, latency)
+                    messages += 1
+                    if scheduled < slow_end:
+                        watch.last_old_ns = now
+                else:
+                    self._on_ack(int(ack), body, now)
+            self._tail = buf[max(end, len(buf) - _TAIL) :]
+            await self._answer_pings(data)
+            watch.observe(now, len(data), worst)
+            await watch.pace(messages)
 
     async def _seq_loop(self) -> None:
         """The churner's path: like the checked path, but each message is taken once by its seq, live or not."""
@@ -149,8 +195,7 @@ class Client:
             buf = tail + data
             end = self.absorb(buf, live=True)
             tail = buf[max(end, len(buf) - _TAIL) :]
-            if PING_FRAME in data:
-                await self._pong()
+            await self._answer_pings(data)
 
     def last_seq(self, room: int) -> int:
         """The newest seq this churner has of ``room`` (0 if none): where a catch-up starts."""
@@ -193,8 +238,7 @@ class Client:
             self.counted += found
             self.stats.counted(found)
             tail = buf[-keep:]
-            if PING_FRAME in data:
-                await self._pong()
+            await self._answer_pings(data)
 
     def _on_ack(self, ack_id: int, body: bytes, now: int) -> None:
         pending = self.pending_acks.pop(ack_id, None)
@@ -237,6 +281,11 @@ class Stats:
         self.second: list[int] = [0, 0, 0]  # sent, acked, delivered in the current second
         self.second_latency = Histogram()
         self.timeline: list[tuple[int, int, int, str]] = []  # per second: sent, acked, delivered, histogram
+        # Slow readers' deliveries (slow-readers scenario): counted as deliveries, their latency kept apart so
+        # that delivery_latency stays the full-speed members' (the ones that must not notice).
+        self.slow_latency = Histogram()
+        self.second_slow_latency = Histogram()
+        self.slow_timeline: list[str] = []  # per second: the slow readers' latency histogram
 
     @property
     def delivered(self) -> int:
@@ -247,6 +296,12 @@ class Stats:
         self.second[2] += 1
         self.delivery_latency.record(latency_us)
         self.second_latency.record(latency_us)
+
+    def slow_delivery(self, latency_us: int) -> None:
+        self._delivered += 1
+        self.second[2] += 1
+        self.slow_latency.record(latency_us)
+        self.second_slow_latency.record(latency_us)
 
     def counted(self, n: int) -> None:
         """Deliveries counted without checking; called from the count-only reader thread too."""
@@ -271,4 +326,6 @@ class Stats:
         self.timeline.append((sent, acked, delivered + counted, self.second_latency.encode()))
         self.second = [0, 0, 0]
         self.second_latency = Histogram()
+        self.slow_timeline.append(self.second_slow_latency.encode())
+        self.second_slow_latency = Histogram()
         return sent, acked, delivered + counted

@@ -18,7 +18,7 @@ import select
 import threading
 from collections.abc import Callable
 
-from bench.wsclient import PING_FRAME, PONG
+from bench.wsclient import PING_FRAME, PONG, pongs_for
 
 _READ = 65536  # under glibc's mmap threshold, as in bench/client.py
 
@@ -71,8 +71,9 @@ class CountReader:
                 tails[fd] = data[-keep:] if len(data) >= keep else (tails[fd] + data)[-keep:]  # no 64 KiB copy
                 counts[fd] += found
                 batch += found
-                if PING_FRAME in data or PING_FRAME in seam:
+                owed = pongs_for(data) or (PONG if PING_FRAME in seam else b"")
+                if owed:
                     with contextlib.suppress(OSError):
-                        os.write(fd, PONG)
+                        os.write(fd, owed)
             if batch:
                 self._on_count(batch)

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from bench import slowreport
 from bench.result import Result
 
 
@@ -69,6 +70,8 @@ def plots(result: Result, directory: Path, stem: str) -> list[Path]:
     internals = [s for s in result.server_resources if "loop_lag_ms" in s]
     if internals:  # our server's /metrics, scraped each second (the peers have none)
         made.append(_internals_plot(result, internals, directory / f"{stem}-internals.png"))
+    if result.slow_phases.slow_for_s > 0:  # NaN (not slow-readers) compares False
+        made.append(slowreport.plot(result, directory / f"{stem}-slow.png"))
     return made
 
 
@@ -186,6 +189,7 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         for error in r.errors[:5]:
             lines.append(f"\n- {r.server['name']} error: `{error[:200]}`")
     lines.append("")
+    lines += slowreport.markdown(results)
     for name, paths in images.items():
         lines.append(f"### {name}\n")
         lines += [f"![{p.stem}]({p.relative_to(relative_to)})" for p in paths]

@@ -13,6 +13,45 @@ from typing import Any
 import msgspec
 
 SCHEMA = 1
+NAN = float("nan")
+
+
+class SlowMember(msgspec.Struct, frozen=True, kw_only=True):
+    """One slow reader of the slow-readers scenario, settled (bench/slowreport.py). NaN times: never."""
+
+    member: int
+    delivery_rate: float  # messages/s its rooms produce
+    expected: int
+    delivered: int
+    unacked: int  # of the delivered, messages whose ack never reached their sender (not expected, not duplicates)
+    lost: int  # expected, never delivered within the run and its drain: lost_in_gaps + lost_at_tail
+    lost_in_gaps: int  # holes: later messages of the same stream did arrive (dropped)
+    lost_at_tail: int  # a stream's last messages never came (still owed at the end, or cut off)
+    duplicated: int
+    out_of_order: int
+    disconnects: int  # the server closed or reset its connection (it never reconnects)
+    disconnected_at_s: float  # the first one the member noticed (its next read), seconds since the start
+    catch_up_s: float  # from the end of the slow phase until all sent before it had arrived
+    lagging_s: float  # time with deliveries more than 1 s late (while connected)
+    max_latency_ms: float
+    bytes_read: int
+
+
+class SlowPhases(msgspec.Struct, kw_only=True):
+    """The slow-readers scenario's aggregate: the slow members, the rest, and the server phase by phase."""
+
+    slow_for_s: float = NAN
+    read_fraction: float = NAN
+    slow_members: int = 0
+    other_members: int = 0
+    slow_totals: dict[str, int] = {}  # expected, delivered, lost, duplicated, out_of_order, disconnects
+    other_totals: dict[str, int] = {}  # the same for the members that read at full speed
+    slow_latency_ms: dict[str, float] = {}  # the slow members' deliveries (delivery_latency_ms: the others')
+    rss_mb: dict[str, float] = {}  # start, max_slow, max_after, end
+    commit_p99_ms: dict[str, float] = {}  # slow (the slow phase), after (the rest of the run), run
+    # Seconds (since the start) in which our server counted slow-consumer disconnects, as /metrics said each second
+    server_cut_off_at_s: list[float] = []
+    verdict: str = ""
 
 
 class Result(msgspec.Struct, kw_only=True):
@@ -36,6 +75,8 @@ class Result(msgspec.Struct, kw_only=True):
     errors: list[str] = []
     notes: list[str] = []
     churn: dict[str, float] = {}
+    slow_members: list[SlowMember] = []
+    slow_phases: SlowPhases = msgspec.field(default_factory=SlowPhases)
 
     def save(self, directory: Path, stem: str) -> Path:
         return _write_json(directory / f"{stem}.json", self)

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from bench import worker
+from bench import slowreport, worker
 from bench.accounting import settle
 from bench.histogram import Histogram
 from bench.result import Result, git_commit, machine
@@ -28,7 +28,6 @@ from bench.target import Sampler, Target, histogram_means, server_cores
 # 32 checkers of a 1000-member room still give 32 latency samples per message (31,000/s at 973 msg/s); at
 # 100 the checkers' JSON parsing took a third of the client's core (py-spy) and the ramp ended client-bound.
 CHECKED_PER_ROOM = 32
-DRAIN_S = 2.0  # after the last scheduled send, how long receivers keep counting late deliveries
 CLIENT_BOUND_CPU = 90.0  # a worker busier than this (% of one core) may be what limits the numbers
 
 
@@ -97,6 +96,8 @@ def plan_workers(
             u in checked,
             scenario.churn.get(u, []),
             u in polling,
+            scenario.read_fraction if u in scenario.slow else 1.0,
+            scenario.delivery_rate(u) if u in scenario.slow else 0.0,
         )
         for u in range(scenario.users)
     ]
@@ -106,7 +107,18 @@ def plan_workers(
         mine = members[w::workers]
         cpu = [cpus[w % len(cpus)]] if cpus else []
         plans.append(
-            worker.WorkerPlan(w, host, port, room_ids, mine, scenario.duration, DRAIN_S, scenario.padding, cpu)
+            worker.WorkerPlan(
+                w,
+                host,
+                port,
+                room_ids,
+                mine,
+                scenario.duration,
+                scenario.drain,
+                scenario.padding,
+                cpu,
+                slow_for=scenario.slow_for,
+            )
         )
     return [p for p in plans if p.members]
 
@@ -231,7 +243,7 @@ def _collect(
         now = time.monotonic()
         if now >= next_sample:  # sample on the second, whether or not workers are talking
             t = now - begin
-            if t > scenario.duration + DRAIN_S + 120:
+            if t > scenario.duration + scenario.drain + 120:
                 raise RunError("workers did not report in time")
             sampler.sample(t)
             if on_second is not None and sampler.samples:
@@ -341,7 +353,20 @@ def _result(
         )
     if not target.persists:
         notes.append(f"{target.name} persists nothing: messages live only in memory")
-    return Result(
+    slow_members, slow_phases = (
+        slowreport.settle_slow(
+            scenario,
+            reports,
+            accepted=accepted,
+            written=written,
+            seen=seen,
+            samples=sampler.samples,
+            commit=(before, sampler.commit_snapshots, after),
+        )
+        if scenario.slow_for > 0  # with no slow member too: the baseline's phases
+        else ([], None)
+    )
+    result = Result(
         scenario=scenario.name,
         description=scenario.description,
         parameters={
@@ -353,6 +378,8 @@ def _result(
             "padding_chars": scenario.padding,
             "stalled_members": len(scenario.stalled),
             "polling_members": len(scenario.polling_members()),
+            "slow_members": len(scenario.slow),
+            "drain_s": scenario.drain,
             "workers": len(reports),
             "arithmetic": scenario.arithmetic,
         },
@@ -389,7 +416,11 @@ def _result(
         client_bound=bool(notes and notes[0].startswith("client-bound")),
         errors=[e[:500] for rep in reports for e in rep.errors][:20] + errors,
         notes=notes,
+        slow_members=slow_members,
     )
+    if slow_phases is not None:
+        result.slow_phases = slow_phases
+    return result
 
 
 def _timeline(reports: list[worker.WorkerReport]) -> list[dict[str, float]]:
@@ -397,20 +428,21 @@ def _timeline(reports: list[worker.WorkerReport]) -> list[dict[str, float]]:
     rows = []
     for i in range(seconds):
         sent = acked = delivered = 0
-        hist = Histogram()
+        hist, slow = Histogram(), Histogram()
         for r in reports:
             if i < len(r.timeline):
                 s, a, d, encoded = r.timeline[i]
                 sent, acked, delivered = sent + s, acked + a, delivered + d
                 hist.add(Histogram.decode(encoded))
-        rows.append(
-            {
-                "t": i + 1,
-                "sent": sent,
-                "acked": acked,
-                "delivered": delivered,
-                "p50_ms": hist.percentile_ms(50),
-                "p99_ms": hist.percentile_ms(99),
-            }
-        )
+            if i < len(r.slow_timeline):
+                slow.add(Histogram.decode(r.slow_timeline[i]))
+        row = {
+            "t": i + 1,
+            "sent": sent,
+            "acked": acked,
+            "delivered": delivered,
+            "p50_ms": hist.percentile_ms(50),
+            "p99_ms": hist.percentile_ms(99),
+        }
+        rows.append(row | ({"slow_p99_ms": slow.percentile_ms(99)} if slow.count else {}))
     return rows

@@ -38,15 +38,25 @@ class Scenario(msgspec.Struct, frozen=True):
     stalled: list[int] = []  # users that connect and then never read (slow-consumer scenario)
     churn: dict[int, list[int]] = {}  # mixed scenario: user → rooms it reads history of, rejoins, reconnects to
     arithmetic: str = ""  # how the offered load was derived, for the report
-    # This fraction of the members (never stalled ones or churners) use Engine.IO long-polling, as clients
-    # behind proxies that block websockets do; the rest use websocket.
+    # This fraction of the members (never stalled ones, churners or slow readers) use Engine.IO long-polling, as
+    # clients behind proxies that block websockets do; the rest use websocket.
     polling_share: float = 0.0
+    # slow-readers scenario: these members read at ``read_fraction`` of their rooms' message rate for the first
+    # ``slow_for`` seconds of the load, then at full speed (bench/slowread.py).
+    slow: list[int] = []
+    read_fraction: float = 1.0
+    slow_for: float = 0.0
+    drain: float = 2.0  # seconds receivers keep reading after the last scheduled send (late deliveries count)
 
     def polling_members(self) -> set[int]:
         """Every member where the running share crosses a whole number: spread evenly over the users."""
         share = self.polling_share
-        skip = set(self.stalled) | set(self.churn)
+        skip = set(self.stalled) | set(self.churn) | set(self.slow)
         return {u for u in range(self.users) if int((u + 1) * share) > int(u * share) and u not in skip}
+
+    def delivery_rate(self, user: int) -> float:
+        """Messages per second that ``user``'s rooms produce (its own included: a sender gets its messages too)."""
+        return sum(s.rate for s in self.sends if user in self.rooms[s.room])
 
     @property
     def offered_rate(self) -> float:
@@ -176,6 +186,14 @@ def smoke(duration: float = 3) -> Scenario:
     )
 
 
+class SlowReading(msgspec.Struct, frozen=True):
+    """The slow-readers scenario's knobs (``--slow-share``, ``--read-fraction``, ``--slow-for``)."""
+
+    share: float = 1 / 3  # of the room members
+    read_fraction: float = 0.1  # of the messages their rooms produce, read per second during the slow phase
+    slow_for: float = 30.0  # seconds from the start of the load
+
+
 def by_name(
     name: str,
     *,
@@ -183,8 +201,12 @@ def by_name(
     rate: float | None = None,
     members: int | None = None,
     polling_share: float = 0.0,
+    slow: SlowReading | None = None,
 ) -> Scenario:
-    scenario = _build(name, duration=duration, rate=rate, members=members)
+    if name == "slow-readers":
+        scenario = slow_readers(slow or SlowReading(), rate=rate or QUICK_REAL_RATE, duration=duration)
+    else:
+        scenario = _build(name, duration=duration, rate=rate, members=members)
     return msgspec.structs.replace(scenario, polling_share=polling_share) if polling_share else scenario
 
 
@@ -204,7 +226,43 @@ def _build(name: str, *, duration: float | None, rate: float | None, members: in
 
 
 def names() -> list[str]:
-    return [*PRESETS, *BUILDERS, "stress"]
+    return [*PRESETS, *BUILDERS, "slow-readers", "stress"]
+
+
+QUICK_REAL_RATE = 2970.0  # what the quick preset really offers (original_offered_rate(30, 1000))
+# After the slow phase: full-speed reading for this long under load (unless --duration says otherwise), then a
+# drain long enough for a member 30 s behind to read its backlog at full speed (the client reads a quick member's
+# second of traffic in well under 0.1 s), short enough to keep the run bounded.
+SLOW_READERS_RECOVERY_S = 30.0
+SLOW_READERS_DRAIN_S = 10.0
+
+
+def slow_readers(knobs: SlowReading, *, rate: float = QUICK_REAL_RATE, duration: float | None = None) -> Scenario:
+    """The quick preset's rooms and real load; a share of the members read slowly for a while, then catch up.
+
+    Slow readers are picked as evenly as ``polling_members`` picks (every member where the running share crosses
+    a whole number), over the users that are in a room: the quick preset leaves a few users in none.
+    """
+    base = preset("quick", duration or knobs.slow_for + SLOW_READERS_RECOVERY_S)
+    in_rooms = sorted({u for members in base.rooms for u in members})
+    share = knobs.share
+    slow = [u for i, u in enumerate(in_rooms) if int((i + 1) * share) > int(i * share)]
+    per_pair = rate / len(base.sends)
+    return Scenario(
+        "slow-readers",
+        f"the quick preset's rooms at {rate:g} msg/s for {base.duration:g} s; {len(slow)} of {len(in_rooms)}"
+        f" members read at {knobs.read_fraction:.0%} of their rooms' message rate for the first"
+        f" {knobs.slow_for:g} s, then at full speed ({SLOW_READERS_DRAIN_S:g} s drain)",
+        base.users,
+        base.rooms,
+        [Send(s.user, s.room, per_pair) for s in base.sends],
+        base.duration,
+        arithmetic=base.arithmetic if rate == QUICK_REAL_RATE else "",
+        slow=slow,
+        read_fraction=knobs.read_fraction,
+        slow_for=knobs.slow_for,
+        drain=SLOW_READERS_DRAIN_S,
+    )
 
 
 def endurance(rate: float = 2970, duration: float = 600) -> Scenario:

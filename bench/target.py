@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -170,6 +171,31 @@ def histogram_means(before: dict[str, float], after: dict[str, float]) -> dict[s
     return out
 
 
+COMMIT = "minitalk_commit_seconds"
+
+
+def histogram_quantile(q: float, before: dict[str, float], after: dict[str, float], key: str = COMMIT) -> float:
+    """The q-quantile (0-1) of a /metrics histogram over the observations between two scrapes, in the unit of its
+    buckets, interpolated linearly inside the bucket that holds it as Prometheus's ``histogram_quantile`` does.
+    NaN when nothing was observed; the largest finite bound when the quantile falls in the +Inf bucket."""
+    prefix = f'{key}_bucket{{le="'
+    bounds = {name: float(name[len(prefix) : -2]) for name in after if name.startswith(prefix)}
+    buckets = sorted((bound, after[name] - before.get(name, 0.0)) for name, bound in bounds.items())
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if math.isinf(bound):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, cumulative
+    return lower
+
+
 class Sampler:
     """Server CPU % and RSS once a second (psutil) and, when the server has our /metrics, its internals that
     second: outbox bytes and ingest queue depth (gauges at the scrape), and from the histograms' deltas the mean
@@ -188,6 +214,8 @@ class Sampler:
         self._http = httpx.Client(base_url=target.url)
         self._has_metrics = True  # until a scrape says otherwise (the peers have no /metrics)
         self._last: dict[str, float] = {}
+        # (t, the commit histogram's cumulative series) each second: quantiles over any span (a scenario's phases)
+        self.commit_snapshots: list[tuple[float, dict[str, float]]] = []
 
     def close(self) -> None:
         self._http.close()
@@ -203,19 +231,24 @@ class Sampler:
             return
         sample = {"t": round(t, 2), "cpu_percent": cpu, "rss_mb": round(rss, 1)}
         if self._has_metrics:
-            sample |= self._internals()
+            sample |= self._internals(t)
         self.samples.append(sample)
 
-    def _internals(self) -> dict[str, float]:
+    def _internals(self, t: float) -> dict[str, float]:
         now = self._get(self.SECOND_SCRAPE_TIMEOUT_S)
         if not now:
             return {}
         before, self._last = self._last, now
+        self.commit_snapshots.append((t, {k: v for k, v in now.items() if k.startswith(COMMIT)}))
         out = {
             "outbox_mb": round(now.get("minitalk_outbox_bytes", 0.0) / 2**20, 3),
             "ingest_queue": now.get("minitalk_ingest_queue", 0.0),
+            "slow_consumer_disconnects": now.get("minitalk_slow_consumer_disconnects_total", 0.0),
         }
-        return out | histogram_means(before, now) if before else out
+        if not before:
+            return out
+        p99 = histogram_quantile(0.99, before, now)
+        return out | histogram_means(before, now) | ({} if math.isnan(p99) else {"commit_p99_ms": round(p99 * 1000, 3)})
 
     def scrape(self) -> dict[str, float]:
         values = self._get(5.0)

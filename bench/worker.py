@@ -21,6 +21,7 @@ from bench.accounting import StreamSummary
 from bench.client import CONTENT_MARKER, Client, Stats
 from bench.countreader import CountReader
 from bench.scenarios import stream_length
+from bench.slowread import MemberWatch, SlowReadStats
 from bench.wsclient import client_frame
 
 
@@ -32,6 +33,8 @@ class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
     check: bool = True  # False: count deliveries only (see runner.CHECKED_PER_ROOM)
     churn_rooms: list[int] = []  # mixed scenario: this member reads history, rejoins and reconnects in these
     polling: bool = False  # Engine.IO long-polling instead of websocket
+    read_fraction: float = 1.0  # slow-readers scenario: below 1, read this share of delivery_rate while slow
+    delivery_rate: float = 0.0  # messages/s this member's rooms produce
 
 
 class WorkerPlan(msgspec.Struct, frozen=True):
@@ -45,6 +48,7 @@ class WorkerPlan(msgspec.Struct, frozen=True):
     padding: int
     cpus: list[int] = []
     churn_every: float = 3.0  # mixed scenario: seconds between a churner's actions
+    slow_for: float = 0.0  # slow-readers scenario: seconds from the start during which slow members read slowly
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
@@ -66,6 +70,12 @@ class WorkerReport(msgspec.Struct, frozen=True):
     churn: dict[str, int] = {}
     history_hist: str = ""
     written: list[tuple[int, int, int]] = []  # (sender, room, count): messages framed, acked or not
+    # (member, seconds since the start) each time the server closed or reset a member's connection; NaN: a
+    # count-only member (its reader thread does not time it). Nobody reconnects, except the mixed scenario's churners.
+    disconnects: list[tuple[int, float]] = []
+    slow: list[SlowReadStats] = []  # slow-readers scenario: what each slow member observed
+    slow_hist: str = ""  # the slow members' delivery latency
+    slow_timeline: list[str] = []  # ... per second
 
 
 def main(plan_bytes: bytes, queue: Any, start_event: Any, start_at: Any) -> None:
@@ -90,6 +100,12 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
     errors: list[str] = []
     reader = CountReader(CONTENT_MARKER, stats.counted)
     counted_by_fd: dict[int, Client] = {}
+    for client, member in zip(clients, plan.members, strict=True):
+        if member.read_fraction < 1.0:
+            allowed = member.read_fraction * member.delivery_rate
+            client.watch = MemberWatch(
+                member.index, begin_ns=int(begin * 1e9), slow_for=plan.slow_for, allowed_rate=allowed
+            )
     async with trio.open_nursery() as nursery:
         for client, member in zip(clients, plan.members, strict=True):
             if member.churn_rooms:
@@ -113,10 +129,19 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
     for fd, count in (await trio.to_thread.run_sync(reader.stop)).items():
         counted_by_fd[fd].counted = count
     errors += [f"client {counted_by_fd[fd].index}: connection lost (closed by the server)" for fd in reader.closed]
+    disconnects = [(c.index, c.closed_at - begin) for c in clients if c.closed_at is not None]
+    disconnects += [(counted_by_fd[fd].index, float("nan")) for fd in reader.closed]
     for client in clients:
         await client.stream.aclose()
     cpu = load_cpu[1] - load_cpu[0] if len(load_cpu) == 2 else float("nan")
-    return _report(plan, clients, stats, cpu=cpu, wall=plan.duration, errors=errors)
+    report = _report(plan, clients, stats, cpu=cpu, wall=plan.duration, errors=errors)
+    return msgspec.structs.replace(
+        report,
+        disconnects=disconnects,
+        slow=[c.watch.stats() for c in clients if c.watch is not None],
+        slow_hist=stats.slow_latency.encode(),
+        slow_timeline=stats.slow_timeline,
+    )
 
 
 async def _measure_cpu(into: list[float], begin: float, duration: float) -> None:
@@ -145,10 +170,17 @@ async def _connect_all(plan: WorkerPlan, stats: Stats) -> list[Client]:
 
 
 async def _receive(client: Client, errors: list[str]) -> None:
+    """Receive until the run ends; a connection the server closes or resets is recorded, never reopened."""
     try:
         await client.receive_loop()
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+    except trio.BrokenResourceError as exc:
+        client.closed_at = time.monotonic()
         errors.append(f"client {client.index}: connection lost ({exc!r})")
+    except trio.ClosedResourceError as exc:  # closed on our side (a churner reconnecting): not a disconnect
+        errors.append(f"client {client.index}: connection lost ({exc!r})")
+    else:
+        client.closed_at = time.monotonic()
+        errors.append(f"client {client.index}: connection closed by the server")
 
 
 async def _churn(client: Client, member: MemberPlan, plan: WorkerPlan, begin: float, errors: list[str]) -> None:
