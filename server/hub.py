@@ -348,12 +348,12 @@ class Hub:
         now_ms = int(now * 1000)
         message = NewMessage(new_id(now_ms), room.room_id, user, data.content, iso_utc(now), now_ms, data.clientMsgId)
         if fast:
-            room.last_seq += 1
-            message = msgspec.structs.replace(message, seq=room.last_seq)
+            seq = self.registry.next_seq(room)
+            message = msgspec.structs.replace(message, seq=seq)
             if key is not None:
                 self._remember(key, [])
             self._broadcast_message(
-                MessageOut("message", room.room_id, user, data.content, message.timestamp, message.id, room.last_seq)
+                MessageOut("message", room.room_id, user, data.content, message.timestamp, message.id, seq)
             )
         self.batcher.submit_nowait(message, ticket)
 
@@ -411,9 +411,7 @@ class Hub:
                 self.delivery.stored(message.room_id, message.seq)  # in the log now (or a repeat: never)
             if stored is None or result.duplicate:
                 continue
-            room = self.registry.get(stored.room_id)
-            if room is not None and stored.seq > room.last_seq:
-                room.last_seq = stored.seq
+            self.registry.committed_seq(stored.room_id, stored.seq)
             watermark = max(watermark, stored.pk)
             if durable:
                 out = MessageOut(

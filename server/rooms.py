@@ -77,10 +77,22 @@ class RoomRegistry:
     def __len__(self) -> int:
         return len(self._rooms)
 
+    # -- seq: the registry is the one owner of each room's head in memory --------------------------
     def head(self, room_id: str) -> int:
-        """The room's last seq (0 for a room that does not exist)."""
+        """The room's last seq (0 for a room that does not exist): committed (durable) or broadcast (fast)."""
         room = self._rooms.get(room_id)
         return 0 if room is None else room.last_seq
+
+    def next_seq(self, room: Room) -> int:
+        """Fast mode: hand out the room's next seq before its message is stored (storage writes it as given)."""
+        room.last_seq += 1
+        return room.last_seq
+
+    def committed_seq(self, room_id: str, seq: int) -> None:
+        """Durable mode: storage assigned ``seq`` in a commit; the head moves to it."""
+        room = self._rooms.get(room_id)
+        if room is not None and seq > room.last_seq:
+            room.last_seq = seq
 
     def get(self, room_id: str) -> Room | None:
         return self._rooms.get(room_id)
