@@ -20,12 +20,13 @@ import trio
 
 from protocol.ratelimit import LoginGuard
 from protocol.rest import Limits
+from server.chat import ChatApp, Ticket
 from server.config import Config
 from server.frontdoor import MAX_HEAD_BYTES, FrontDoor
 from server.health import Health, ReportingStorage
 from server.http_app import create_app
 from server.http_handoff import HttpHandoff
-from server.hub import Hub, HubSettings, Ticket
+from server.hub import Hub, HubSettings
 from server.metrics import Metrics
 from server.passwords import PasswordHasher
 from server.polling import polling_routes
@@ -87,10 +88,12 @@ class MinitalkServer:
         self.registry = RoomRegistry(rest_storage)
         tokens = Tokens(config.jwt_secret)
         self.metrics = Metrics()
-        self.hub = Hub(hub_settings(config), self.registry, tokens, self.metrics, self.storage)
+        self.hub = Hub(hub_settings(config), self.registry, self.metrics, self.storage)
+        self.chat = ChatApp(self.hub, self.registry, tokens, self.storage)
+        self.hub.app = self.chat
         self.batcher: WriteBehindBatcher[Ticket] = WriteBehindBatcher(
             self.storage,
-            self.hub,
+            self.chat,
             max_batch=config.batch_max,
             linger=config.batch_linger,
             queue_size=config.ingest_queue,
@@ -99,9 +102,9 @@ class MinitalkServer:
             observer=self.metrics,
             health=self.health,
         )
-        self.hub.batcher = self.batcher
+        self.chat.batcher = self.batcher
         if config.message_rate > 0:
-            self.hub.send_limit = SendRateLimit(config.message_rate, config.message_burst, self.metrics.rate_limited)
+            self.chat.send_limit = SendRateLimit(config.message_rate, config.message_burst, self.metrics.rate_limited)
         self.metrics.bind(self.hub.statistics, self.batcher.queue_depth)
         limits = Limits(config.max_batch_items, config.max_participants, config.max_name_chars)
         hasher = PasswordHasher(
@@ -176,7 +179,7 @@ class MinitalkServer:
         # Everything broadcast and not stored holds an ingest-queue slot, so at most ingest_queue seqs per
         # room can be in use and unstored when the process dies: that is the skip after an unclean stop.
         await self.storage.begin_fast_run(self.config.ingest_queue)
-        self.hub.remember_stored(await self.storage.recent_idempotent_sends(self.hub.settings.recent_ids // 2))
+        self.chat.remember_stored(await self.storage.recent_idempotent_sends(self.hub.settings.recent_ids // 2))
 
     async def _run_storage(self, stop: trio.Event, *, task_status: trio.TaskStatus[None]) -> None:
         """Storage, shielded: a cancellation from outside must not close it while the batcher still drains.
@@ -195,7 +198,7 @@ class MinitalkServer:
 
         Within the shutdown deadline: a client that does not read its socket cannot hold the stop.
         """
-        self.hub.stop_accepting()
+        self.chat.stop_accepting()
         deadline = trio.current_time() + self.config.shutdown_timeout
         with trio.move_on_at(deadline) as committing:
             await self.batcher.wait_idle()
