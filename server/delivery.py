@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # How often the catch-up task looks at lagging members whose outbox has not drained yet. Outboxes drain in
 # their own writers; a short poll while someone lags costs nothing when nobody does.
 CATCH_UP_POLL_S = 0.01
+# After a failed log read (storage locked, disk error): how long before the next try. Short, because the
+# member waits; long enough not to spin on a database that stays unavailable.
+CATCH_UP_RETRY_S = 0.5
 
 
 class Delivery:
@@ -214,7 +217,11 @@ class Delivery:
                 if session.closed or not session.lagging:
                     self._lagging.discard(session)
                 elif session.pending_bytes <= self._low_water:
-                    await self._catch_up(session)
+                    try:
+                        await self._catch_up(session)
+                    except Exception:  # a failing log read must not end delivery for everyone: retry later
+                        log.exception("catch-up read for session %s failed; retrying", session.sid)
+                        await trio.sleep(CATCH_UP_RETRY_S)
                     served = True
             if not served:
                 with trio.move_on_after(CATCH_UP_POLL_S):

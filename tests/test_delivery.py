@@ -17,7 +17,8 @@ import trio
 from protocol.events import MessageOut, message_packet
 from server.delivery import Delivery
 from server.session import Session
-from storage.records import NewMessage, RoomRecord
+from storage.errors import StorageUnavailableError
+from storage.records import HistoryQuery, NewMessage, RoomRecord, StoredMessage
 from storage.sqlite import SqliteEngine
 
 ROOM = "room-1"
@@ -183,3 +184,30 @@ async def test_fast_mode_rejoins_through_the_uncommitted_tail(nursery: trio.Nurs
     delivery.stored(ROOM, 6)
     got = await settle(delivery, slow)
     assert got == [(ROOM, n) for n in range(1, 11)]
+
+
+class FlakyReads:
+    """The log, whose first history read fails as a locked database would."""
+
+    def __init__(self, engine: SqliteEngine) -> None:
+        self._engine = engine
+        self.failures = 0
+
+    async def history(self, query: HistoryQuery) -> list[StoredMessage]:
+        if self.failures == 0:
+            self.failures += 1
+            raise StorageUnavailableError("storage unavailable: database is locked")
+        return await self._engine.history(query)
+
+
+async def test_a_failing_log_read_is_retried_and_costs_nothing(nursery: trio.Nursery, log: Log) -> None:
+    reads = FlakyReads(log.engine)
+    delivery = Delivery(reads, log.head, high_water=1 << 20, page=50)  # type: ignore[arg-type]  # reads only
+    await nursery.start(delivery.run)
+    member = session("m")
+    delivery.subscribe(member, ROOM)
+    await log.commit(ROOM, 3)
+    packets = await log.commit(ROOM, 1)
+    delivery.publish(ROOM, packets, 4)  # a gap: catch-up must read the log, and the first read fails
+    assert await settle(delivery, member) == [(ROOM, n) for n in range(1, 5)]
+    assert reads.failures == 1
