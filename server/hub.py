@@ -8,7 +8,9 @@ on purpose (contract §3.2-3.4): a user who leaves by REST keeps receiving until
 
 from __future__ import annotations
 
+import heapq
 import logging
+import math
 import secrets
 from typing import Literal, Protocol
 
@@ -17,6 +19,7 @@ import trio
 
 from protocol import engineio, socketio
 from protocol.engineio import OpenPayload, PacketType
+from protocol.engineio_session import Beat
 from protocol.errors import SocketIOError
 from protocol.socketio import SioType
 from server.delivery import Delivery
@@ -70,6 +73,11 @@ class Hub:
             offsets=settings.mode == "durable",
         )
         self._doomed: list[tuple[Session, str]] = []
+        # The heartbeat timer: (when, n, session), at most one live entry per session (its timer_at);
+        # entries whose time is not their session's timer_at are stale and skipped when they come up.
+        self._timers: list[tuple[float, int, Session]] = []
+        self._timer_count = 0
+        self._timer_scope: trio.CancelScope | None = None
         self._reaper = trio.lowlevel.ParkingLot()
         self.app: App | None = None  # what CONNECTs and events are for (server/chat.py); set before serving
         self.messages_broadcast = 0
@@ -89,7 +97,7 @@ class Hub:
             self.close_session(session, reason)
 
     # -- sessions ----------------------------------------------------------------------------------
-    def open_session(self, token: str | None) -> Session | None:
+    def open_session(self, token: str | None, *, websocket: bool = False) -> Session | None:
         """A new Engine.IO session, or None when the connection limit is reached."""
         if len(self.sessions) >= self.settings.max_connections:
             return None
@@ -99,12 +107,15 @@ class Hub:
             token,
             now=trio.current_time(),
             ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout,
             connect_timeout=s.connect_timeout,
+            websocket=websocket,
             max_queue_bytes=s.outbox_max_bytes,
             max_queue_packets=s.outbox_max_messages,
             on_overflow=self.overflowed,
         )
         self.sessions[session.sid] = session
+        self._schedule(session)
         return session
 
     def open_packet(self, session: Session, *, upgrades: list[str]) -> bytes:
@@ -114,14 +125,14 @@ class Hub:
         )
         return engineio.encode_open(payload).encode()
 
-    def close_session(self, session: Session, reason: str) -> None:
-        if session.closed and session.sid not in self.sessions:
-            return
-        self.sessions.pop(session.sid, None)
+    def close_session(self, session: Session, reason: str, *, by_client: bool = False) -> None:
+        session.close(reason, by_client=by_client)  # the first reason stays
+        if self.sessions.get(session.sid) is not session:
+            return  # already torn down
+        del self.sessions[session.sid]
         self.delivery.unsubscribe_all(session)
-        session.close_reason = reason
         session.close_transport()
-        log.debug("session %s closed: %s", session.sid, reason)
+        log.debug("session %s closed: %s", session.sid, session.close_reason)
 
     def connection_failed(self, session: Session | None, exc: BaseException, where: str) -> None:
         """The error boundary of one connection: an unexpected exception ends that connection, nothing else.
@@ -151,20 +162,40 @@ class Hub:
                     self.metrics.slow_consumer_disconnects.inc()
                     self.close_session(session, f"slow consumer: {reason}")
 
+    # -- heartbeat -------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        tick = min(1.0, self.settings.ping_interval / 4, self.settings.connect_timeout / 4)
+        """Wake at the earliest session deadline (engine.io's per-socket timers, as one heap) and tick."""
         while True:
-            await trio.sleep(tick)
+            with trio.CancelScope(deadline=self._timers[0][0] if self._timers else math.inf) as scope:
+                self._timer_scope = scope
+                await trio.sleep_forever()
+            self._timer_scope = None
             now = trio.current_time()
-            for session in list(self.sessions.values()):
-                if session.sio_sid is None and session.user is None and now > session.connect_deadline:
-                    self.close_session(session, "no Socket.IO CONNECT in time")
-                elif session.pong_deadline is not None:
-                    if now > session.pong_deadline:
-                        self.close_session(session, "ping timeout")
-                elif now >= session.next_ping:
-                    session.send(b"2")
-                    session.pong_deadline = now + self.settings.ping_timeout
+            while self._timers and self._timers[0][0] <= now:
+                when, _, session = heapq.heappop(self._timers)
+                if when == session.timer_at:
+                    session.timer_at = math.inf
+                    self.heartbeat(session, now)
+
+    def heartbeat(self, session: Session, now: float) -> bool:
+        """Run the session's timers at ``now`` (send a due ping, close a timed-out session); False if closed."""
+        beat = session.tick(now, connected=session.sio_sid is not None or session.user is not None)
+        if beat is Beat.PING:
+            session.send(engineio.PING.encode())
+        elif beat is Beat.CLOSED:
+            self.close_session(session, session.close_reason)
+        self._schedule(session)
+        return not session.closed
+
+    def _schedule(self, session: Session) -> None:
+        when = session.next_deadline()
+        if when >= session.timer_at:
+            return  # the timer comes up earlier; it ticks and reschedules then
+        session.timer_at = when
+        self._timer_count += 1
+        heapq.heappush(self._timers, (when, self._timer_count, session))
+        if self._timer_scope is not None and when < self._timer_scope.deadline:
+            self._timer_scope.deadline = when
 
     # -- inbound -----------------------------------------------------------------------------------
     async def on_packet(self, session: Session, kind: int, data: str) -> None:
@@ -172,12 +203,12 @@ class Hub:
         if kind == PacketType.MESSAGE:
             await self._on_socketio(session, data)
         elif kind == PacketType.PONG:
-            session.pong_deadline = None
-            session.next_ping = trio.current_time() + self.settings.ping_interval
+            session.pong(trio.current_time())
+            self._schedule(session)
         elif kind == PacketType.PING:
             session.send(b"3" + data.encode())
         elif kind == PacketType.CLOSE:
-            self.close_session(session, "client closed")
+            self.close_session(session, "client closed", by_client=True)
         # OPEN, UPGRADE (handled by the websocket endpoint), NOOP and binary packets: nothing to do.
 
     async def _on_socketio(self, session: Session, text: str) -> None:

@@ -8,12 +8,15 @@ costs a little per request and buys a correct HTTP/1.1 stack for free.
 from __future__ import annotations
 
 import msgspec
+import trio
 from quart import Blueprint, Response, request
 
 from protocol import engineio
+from protocol.engineio_session import Poll
 from protocol.errors import EngineIOError
 from server.hub import Hub
 from server.metrics import Metrics
+from server.session import PollRefused, Session
 
 _TEXT = "text/plain; charset=UTF-8"
 
@@ -28,7 +31,8 @@ def polling_routes(hub: Hub, metrics: Metrics) -> Blueprint:
     bp = Blueprint("engineio", __name__)
     max_packets = max(16, hub.settings.max_packet_bytes // 2)  # POSTs are bounded by bytes (§3.6-7)
 
-    @bp.route("/socket.io/", methods=["GET", "POST"])
+    # Every method reaches the route so that a handshake with another method gets engine.io's 400 (not 404).
+    @bp.route("/socket.io/", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def engineio_polling() -> Response:
         args = request.args
         if args.get("EIO") != "4":
@@ -39,15 +43,13 @@ def polling_routes(hub: Hub, metrics: Metrics) -> Blueprint:
         if sid is None:
             return await handshake()
         session = hub.sessions.get(sid)
-        if session is None:
+        # A session whose timer ran out is gone now, even if the heartbeat task has not woken yet.
+        if session is None or not hub.heartbeat(session, trio.current_time()):
             return _error(1, "Session ID unknown")
-        if session.ws is not None:
-            return _error(3, "Bad request")  # the session has moved to websocket
         if request.method == "GET":
-            if session.poll_pending:
-                hub.close_session(session, "two polls at once")
-                return _error(3, "Bad request")
-            return Response(await session.poll(), content_type=_TEXT)
+            return await poll(session)
+        if request.method != "POST" or session.ws is not None:
+            return _error(3, "Bad request")
         data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         try:
             packets = engineio.decode_payload(data.decode("utf-8"), max_packets=max_packets)
@@ -64,6 +66,16 @@ def polling_routes(hub: Hub, metrics: Metrics) -> Blueprint:
             hub.connection_failed(session, exc, "polling request")
             return _error(3, "Internal server error", 500)
         return Response(b"ok", content_type="text/html")
+
+    async def poll(session: Session) -> Response:
+        try:
+            return Response(await session.poll(), content_type=_TEXT)
+        except PollRefused as refused:
+            if refused.action is Poll.TWO_POLLS:
+                hub.close_session(session, session.close_reason)
+            elif refused.action is Poll.GONE:
+                return _error(1, "Session ID unknown")
+            return _error(3, "Bad request")  # two polls at once, or the session moved to websocket
 
     async def handshake() -> Response:
         if request.method != "GET":

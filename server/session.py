@@ -1,20 +1,21 @@
-"""One Engine.IO session: its transport (polling queue or websocket outbox), heartbeat, and Socket.IO state.
+"""One Engine.IO session's I/O: its polling queue and waiting GET, its websocket outbox, and Socket.IO state.
 
-Transport states: a session opened by a polling handshake starts on **polling**. A websocket that names
-its sid **probes** (``2probe`` → ``3probe``); from then on the session is **upgrading**: a waiting poll is
-released with a noop ``6`` (and any later poll gets one at once) so the client can send ``5``. On ``5`` the
-session moves to **websocket**: what was queued for polling is flushed onto the socket, in order, and
-every later packet goes there. A session opened by a websocket handshake starts on websocket.
+The session's transport state (polling, probing, upgrading, websocket, closed), its heartbeat timers and its
+polling rules belong to the sans-IO machine in ``protocol/engineio_session.py``, which this class extends:
+nothing here sets them, it asks the machine and does what the answer says. (An extension, not a member:
+``send`` reads ``closed`` per message per member in a fan-out, and one more attribute hop there is measurable.)
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 
 import trio
 
 from protocol import engineio
+from protocol.engineio_session import EngineIOSession, Poll, Upgrade
 from protocol.ratelimit import TokenBucket
 from protocol.websocket import close_frame, frame
 from server.outbox import Outbox
@@ -22,28 +23,23 @@ from server.outbox import Outbox
 MAX_PACKETS_PER_POLL = 16  # python-engineio rejects a payload of more than 16 packets (contract §3.6-6)
 
 
-class Session:
+class Session(EngineIOSession):
     __slots__ = (
         "_poll_waiter",
         "_queue",
         "_queue_bytes",
-        "close_reason",
-        "closed",
-        "connect_deadline",
         "created",
         "cursors",
         "inbound",
         "lagging",
         "max_queue_bytes",
         "max_queue_packets",
-        "next_ping",
         "on_overflow",
-        "pong_deadline",
         "send_bucket",
         "sid",
         "sio_sid",
+        "timer_at",
         "token",
-        "upgrading",
         "user",
         "ws",
         "ws_scope",
@@ -60,7 +56,16 @@ class Session:
         max_queue_bytes: int,
         max_queue_packets: int,
         on_overflow: Callable[[Session, str], None],
+        ping_timeout: float = 60.0,
+        websocket: bool = False,
     ) -> None:
+        super().__init__(
+            now=now,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            connect_timeout=connect_timeout,
+            websocket=websocket,
+        )
         self.sid = sid
         self.token = token
         self.user: str | None = None
@@ -69,11 +74,7 @@ class Session:
         self.cursors: dict[str, int] = {}
         self.lagging = False  # catching up from the log instead of receiving live pushes (delivery.py)
         self.created = now
-        self.next_ping = now + ping_interval
-        self.pong_deadline: float | None = None
-        self.connect_deadline = now + connect_timeout
-        self.closed = False
-        self.close_reason = ""
+        self.timer_at = math.inf  # when the hub's heartbeat timer will next look at this session (server/hub.py)
         self.inbound = trio.Lock()  # one connection's packets are handled in arrival order (§3.6-9)
         self.on_overflow = on_overflow
         # polling transport
@@ -82,7 +83,6 @@ class Session:
         self._poll_waiter: trio.Event | None = None
         self.max_queue_bytes = max_queue_bytes
         self.max_queue_packets = max_queue_packets
-        self.upgrading = False
         # websocket transport
         self.ws: Outbox | None = None
         self.ws_scope: trio.CancelScope | None = None
@@ -132,52 +132,67 @@ class Session:
             self._poll_waiter.set()
 
     # -- polling -----------------------------------------------------------------------------------
-    @property
-    def poll_pending(self) -> bool:
-        return self._poll_waiter is not None
-
     async def poll(self) -> bytes:
-        """Wait for packets (a ping comes at least every ping interval) and take up to 16 of them."""
-        if not self._queue and not self.closed and not self.upgrading:
-            self._poll_waiter = trio.Event()
+        """Answer a polling GET: wait for packets (a ping comes at least every ping interval), take up to 16.
+
+        Raises :class:`PollRefused` when the machine refuses the GET (the caller answers 400).
+        """
+        action = self.poll_begin(queued=bool(self._queue))
+        if action is Poll.WAIT:
             try:
-                await self._poll_waiter.wait()
+                while action is Poll.WAIT:
+                    self._poll_waiter = trio.Event()
+                    await self._poll_waiter.wait()
+                    action = self.poll_woken(queued=bool(self._queue))
             finally:
                 self._poll_waiter = None
-        if self.closed and not self._queue:
+                self.poll_end()
+        if action is Poll.SERVE:
+            packets = [self._queue.popleft() for _ in range(min(MAX_PACKETS_PER_POLL, len(self._queue)))]
+            self._queue_bytes -= sum(len(p) for p in packets)
+            return b"\x1e".join(packets)
+        if action is Poll.NOOP:
+            return engineio.NOOP.encode()
+        if action is Poll.CLOSE:
             return engineio.CLOSE.encode()
-        if not self._queue:
-            return engineio.NOOP.encode()  # upgrading: release the poll so the client can send "5"
-        packets = [self._queue.popleft() for _ in range(min(MAX_PACKETS_PER_POLL, len(self._queue)))]
-        self._queue_bytes -= sum(len(p) for p in packets)
-        return b"\x1e".join(packets)
+        raise PollRefused(action)
 
     # -- upgrade -----------------------------------------------------------------------------------
-    def begin_upgrade(self) -> None:
-        self.upgrading = True
+    def on_upgrade_packet(self, text: str, outbox: Outbox, scope: trio.CancelScope) -> Upgrade:
+        """A text packet on the probing websocket ``outbox``; the shell's half of :meth:`upgrade_packet`."""
+        step = self.upgrade_packet(text)
+        if step is Upgrade.PROBED:
+            outbox.push(frame(engineio.PONG_PROBE.encode()))
+        elif step is Upgrade.UPGRADED:
+            # What polling had queued goes first, in order; a waiting poll is released with a noop.
+            while self._queue:
+                outbox.push(frame(self._queue.popleft()))
+            self._queue_bytes = 0
+            self.ws = outbox
+            self.ws_scope = scope
         self._wake_poll()
-
-    def complete_upgrade(self, outbox: Outbox, scope: trio.CancelScope) -> None:
-        """Switch to the websocket: what polling had queued goes first, in order."""
-        while self._queue:
-            outbox.push(frame(self._queue.popleft()))
-        self._queue_bytes = 0
-        self.ws = outbox
-        self.ws_scope = scope
-        self.upgrading = False
+        return step
 
     def attach_websocket(self, outbox: Outbox, scope: trio.CancelScope) -> None:
+        """The outbox of a session opened by a websocket handshake."""
         self.ws = outbox
         self.ws_scope = scope
 
     # -- closing -----------------------------------------------------------------------------------
-    def close_transport(self, *, ws_code: int = 1000) -> None:
-        """Mark closed and end the transport: a waiting poll gets ``1``, a websocket a close frame (§3.6-8)."""
-        self.closed = True
+    def close_transport(self) -> None:
+        """End the transport of a closed session: a waiting poll is released, a websocket gets a close frame."""
         self._wake_poll()
         if self.ws is not None:
-            self.ws.push_close(close_frame(ws_code))  # refused if the reader already sent one
+            self.ws.push_close(close_frame(1000))  # refused if the reader already sent one
             self.ws.drain_best_effort()
             self.ws.close()
         if self.ws_scope is not None:
             self.ws_scope.cancel()
+
+
+class PollRefused(Exception):
+    """The session refused a polling GET; ``action`` says why (server/polling.py answers 400)."""
+
+    def __init__(self, action: Poll) -> None:
+        super().__init__(action.value)
+        self.action = action

@@ -17,6 +17,7 @@ import msgspec
 import trio
 
 from protocol import engineio
+from protocol.engineio_session import Upgrade
 from protocol.errors import EngineIOError
 from protocol.websocket import (
     CLOSE_PROTOCOL_ERROR,
@@ -39,6 +40,7 @@ from server.session import Session
 log = logging.getLogger(__name__)
 
 RECEIVE_BYTES = 65536
+CLOSE_WAIT = 5.0  # seconds a refused websocket has to answer our close frame: a client's round trip, with slack
 
 
 def engineio_error(code: int, message: str, status: int = 400) -> bytes:
@@ -85,14 +87,18 @@ class WebSocketEndpoint:
             if session is None:
                 await stream.send_all(engineio_error(1, "Session ID unknown"))
                 return
-            if session.ws is not None or session.upgrading:
-                await stream.send_all(engineio_error(3, "Bad request"))
+            if not session.websocket_opened():
+                # Already upgrading or upgraded: engine.io accepts this websocket and closes it at once, so
+                # a client library sees a close, not a refused handshake.
+                await stream.send_all(handshake_response(key) + close_frame(1000))
+                with trio.move_on_after(CLOSE_WAIT):  # let the client answer the close before the FIN
+                    await stream.receive_some(RECEIVE_BYTES)
                 return
         else:
             # The token: query parameter first, else the raw Authorization header (contract §2).
             raw_auth = header_value(request.headers, b"authorization")
             token = query.get("token") or (raw_auth.decode("latin-1") if raw_auth else None)
-            new_session = hub.open_session(token)
+            new_session = hub.open_session(token, websocket=True)
             if new_session is None:
                 await stream.send_all(engineio_error(3, "Server at its connection limit", 503))
                 return
@@ -117,10 +123,10 @@ class WebSocketEndpoint:
         except Exception as exc:  # one connection's error boundary: its fault is its own problem
             hub.connection_failed(session, exc, "websocket connection")
             return
+        finally:
+            session.websocket_closed(upgraded=session.ws is outbox)  # a failed probe: back to polling
         if session.ws is outbox:
             hub.close_session(session, reason)
-        elif not session.closed and session.upgrading:
-            session.upgrading = False  # a failed probe leaves the polling session as it was
 
     async def _connection(
         self, stream: trio.SocketStream, session: Session, outbox: Outbox, trailing: bytes, *, probing: bool
@@ -165,9 +171,10 @@ class WebSocketEndpoint:
                 if opcode == OP_TEXT:
                     assert isinstance(payload, str)
                     if probing:
-                        probing = self._probe(session, outbox, scope, payload)
-                        if session.ws is not outbox and not session.upgrading:
+                        step = session.on_upgrade_packet(payload, outbox, scope)
+                        if step is Upgrade.FAILED:
                             return self._close(outbox, CLOSE_PROTOCOL_ERROR, "unexpected packet during upgrade")
+                        probing = step is not Upgrade.UPGRADED
                         continue
                     error = await self._on_text(session, payload)
                     if error is not None:
@@ -201,18 +208,6 @@ class WebSocketEndpoint:
             async with session.inbound:
                 await self._hub.on_packet(session, kind, payload)
         return None
-
-    def _probe(self, session: Session, outbox: Outbox, scope: trio.CancelScope, text: str) -> bool:
-        """The upgrade handshake on a polling session; returns whether we are still probing."""
-        if text == "2probe" and not session.upgrading:
-            outbox.push(frame(engineio.PONG_PROBE.encode()))
-            session.begin_upgrade()
-            return True
-        if text == "5" and session.upgrading:
-            session.complete_upgrade(outbox, scope)
-            return False
-        session.upgrading = False
-        return True
 
     @staticmethod
     def _close(outbox: Outbox, code: int, reason: str) -> str:
