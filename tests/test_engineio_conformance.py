@@ -33,6 +33,18 @@ async def open_polling(http: httpx.AsyncClient) -> str:
     return sid
 
 
+async def start_waiting_poll(
+    nursery: trio.Nursery, http: httpx.AsyncClient, suite: RunningServer, sid: str, got: list[httpx.Response]
+) -> None:
+    """A GET that the server holds (nothing to send yet); its answer lands in ``got``."""
+
+    async def poll() -> None:
+        got.append(await http.get(f"{EIO}&sid={sid}"))
+
+    nursery.start_soon(poll)
+    await wait_until(lambda: suite.server.hub.sessions[sid].poll_pending)
+
+
 async def test_1_a_handshake_with_another_method_is_400_bad_handshake_method(suite: RunningServer) -> None:
     async with httpx.AsyncClient(base_url=suite.url, timeout=10) as http:
         r = await http.put(EIO)
@@ -55,12 +67,7 @@ async def test_3_a_waiting_poll_ends_with_a_noop_when_the_client_closes(suite: R
         sid = await open_polling(http)
         got: list[httpx.Response] = []
         async with trio.open_nursery() as nursery:
-
-            async def poll() -> None:
-                got.append(await http.get(f"{EIO}&sid={sid}"))
-
-            nursery.start_soon(poll)
-            await wait_until(lambda: suite.server.hub.sessions[sid].poll_pending)
+            await start_waiting_poll(nursery, http, suite, sid, got)
             r = await http.post(f"{EIO}&sid={sid}", content=b"1")
             assert r.status_code == 200
         assert got[0].status_code == 200 and got[0].text == "6"
@@ -72,12 +79,7 @@ async def test_3_a_waiting_poll_ends_with_a_noop_when_an_upgrade_happens(suite: 
         sid = await open_polling(http)
         got: list[httpx.Response] = []
         async with trio.open_nursery() as nursery:
-
-            async def poll() -> None:
-                got.append(await http.get(f"{EIO}&sid={sid}"))
-
-            nursery.start_soon(poll)
-            await wait_until(lambda: suite.server.hub.sessions[sid].poll_pending)
+            await start_waiting_poll(nursery, http, suite, sid, got)
             url = suite.url.replace("http", "ws") + f"/socket.io/?EIO=4&transport=websocket&sid={sid}"
             async with open_websocket_url(url) as ws:
                 await ws.send_message("2probe")
