@@ -19,3 +19,7 @@ class StorageUnavailableError(StorageError):
     Nothing was changed; the same call may succeed later, so the server answers 503 with Retry-After
     rather than 500. Engines raise this instead of their driver's errors, so callers never import a driver.
     """
+
+
+class SchemaTooNewError(StorageError):
+    """The database was written by a newer minitalk-trio; it is not touched. Upgrade the server."""

@@ -10,6 +10,8 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from storage.errors import SchemaTooNewError
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: users, rooms (participants as an ordered JSON array), messages.
     """
@@ -77,10 +79,6 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-class SchemaTooNewError(RuntimeError):
-    """The database was written by a newer minitalk-trio; refuse to touch it."""
 
 
 def migrate(conn: sqlite3.Connection) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,15 @@ def test_unsupported_database_exits_1_with_a_message() -> None:
     result = run_cli("--database", "mysql://localhost/x")
     assert result.returncode == 1
     assert "not supported" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_database_from_a_newer_server_exits_1_with_one_line(tmp_path: Path) -> None:
+    db = tmp_path / "newer.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 999")
+    result = run_cli("--database", f"sqlite:///{db}")
+    assert result.returncode == 1
+    assert "upgrade the server" in result.stderr and "Traceback" not in result.stderr
 
 
 async def test_sigterm_stops_gracefully_and_data_survives_restart(nursery: trio.Nursery, tmp_path: Path) -> None:

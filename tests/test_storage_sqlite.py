@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import open_storage
-from storage.errors import StorageClosedError, UnsupportedDatabaseError
+from storage.errors import SchemaTooNewError, StorageClosedError, UnsupportedDatabaseError
 from storage.records import HistoryQuery, NewMessage, RoomRecord, UserRecord
 from storage.sqlite import SqliteEngine
-from storage.sqlite_schema import SCHEMA_VERSION, SchemaTooNewError
+from storage.sqlite_schema import SCHEMA_VERSION
 from storage.sqlite_store import SqliteStore
 from storage.timefmt import iso_utc
 
