@@ -4,9 +4,29 @@ An engine is a service: ``run`` opens it (schema created or migrated), reports r
 ``task_status``, and keeps it open until cancelled; on the way out it finishes the work it accepted.
 Every other method may be called only while ``run`` is active.
 
-Failures: a call the database refuses for now (another writer holds the lock past the busy timeout, the
-disk is full, an I/O error) raises :class:`~storage.errors.StorageUnavailableError` and changes nothing;
-the caller may retry. Engines never let their driver's exceptions escape for such conditions.
+The contract every engine keeps (the rest of the server relies on each line):
+
+- **Order.** Writes are applied in the order their calls were made on the event loop, even when calls come
+  from many tasks: the room registry changes memory and submits the write with no await in between, so the
+  database sees mutations in memory's order. (SQLite: one writer thread fed by a FIFO. An engine with a
+  connection pool must keep one writer, or another way to keep submission order.)
+- **Reads beside writes.** ``history``, ``cursors_at`` and the other reads may run beside a commit and never
+  wait for its fsync; each read sees every commit that finished before it started.
+- **Seq.** ``append_messages`` gives each room's messages ``seq`` = the room's last + 1 in batch order, inside
+  the commit (durable mode), or stores the ``seq`` a message carries (fast mode); the room's last seq moves
+  past every seq it was given, stored or a repeat's, and never goes back (not after a delete either).
+- **pk.** Every stored message gets a ``pk`` from one counter for the whole log, in commit order, never
+  reused: recovery offsets name places in the log by pk.
+- **Idempotency.** ``(room, sender, clientMsgId)`` is stored at most once; a repeat in the same or a later
+  batch comes back as the stored row with ``duplicate`` set and writes nothing.
+- **Atomic batches.** ``append_messages`` stores the whole batch in one transaction or nothing. A failed call
+  leaves counters as they were, so the same batch may be retried as it is (the batcher does).
+- **Failures.** A call the database refuses for now (another writer holds the lock past the busy timeout, the
+  disk is full, an I/O error) raises :class:`~storage.errors.StorageUnavailableError` and changes nothing:
+  the caller may retry. Any other failure is a :class:`~storage.errors.StorageError` or a bug. Engines never
+  let their driver's exceptions escape for such conditions.
+- **Fast-run marker.** Between ``begin_fast_run(gap)`` and ``end_fast_run``, an engine that is opened again
+  (after a crash) first moves every room's counter ``gap`` seqs ahead, so no seq a member saw is reused.
 """
 
 from __future__ import annotations
