@@ -76,7 +76,7 @@ def test_open_packet_has_every_field_clients_need() -> None:
         ("5", (PacketType.UPGRADE, "")),
         ("6", (PacketType.NOOP, "")),
         ("1", (PacketType.CLOSE, "")),
-        ("bAAEC", (BINARY, "")),
+        ("bAAEC", (BINARY, "AAEC")),
     ],
 )
 def test_decode_packet(text: str, decoded: tuple[int, str]) -> None:
@@ -113,7 +113,7 @@ def test_payload_round_trip_and_limits() -> None:
         ('2/chat,7["a"]', SioPacket(SioType.EVENT, "/chat", 7, '["a"]')),
         (
             '51-["a",{"_placeholder":true,"num":0}]',
-            SioPacket(SioType.BINARY_EVENT, data='["a",{"_placeholder":true,"num":0}]'),
+            SioPacket(SioType.BINARY_EVENT, data='["a",{"_placeholder":true,"num":0}]', attachments=1),
         ),
     ],
 )
