@@ -269,6 +269,14 @@ class Hub:
         if session.partial is not None:
             self.close_session(session, "a text packet while attachments were awaited")
             return
+        if packet.type == SioType.EVENT and packet.namespace == "/":  # the chat's hot path: no detour
+            if session.sio_sid is not None:
+                assert self.app is not None
+                try:
+                    await self.app.on_event(session, packet)
+                except SocketIOError as exc:
+                    self.close_session(session, f"bad Socket.IO packet: {exc}")
+            return
         if packet.attachments:
             if packet.attachments > self.settings.max_attachments:
                 self.close_session(session, f"too many attachments ({packet.attachments})")

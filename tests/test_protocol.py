@@ -133,6 +133,44 @@ def test_socketio_encode() -> None:
     assert socketio.encode(SioType.CONNECT_ERROR, "{}", namespace="/a") == "4/a,{}"
 
 
+def test_socketio_args_put_attachments_in_place_of_their_placeholders() -> None:
+    packet = socketio.decode('52-7["m",{"a":[{"_placeholder":true,"num":1}]},{"_placeholder":true,"num":0}]')
+    assert (packet.type, packet.ack_id, packet.attachments) == (SioType.BINARY_EVENT, 7, 2)
+    packet = msgspec.structs.replace(packet, binary=(b"zero", b"one"))
+    assert socketio.decode_args(packet) == ["m", {"a": [b"one"]}, b"zero"]
+    # A dict that only looks like a placeholder (extra keys, a non-int num) is data.
+    odd = '["m",{"_placeholder":true,"num":0,"x":1},{"_placeholder":true,"num":"0"}]'
+    assert socketio.decode_args(SioPacket(SioType.EVENT, data=odd)) == msgspec.json.decode(odd)
+
+
+def test_socketio_args_encode_bytes_as_attachments() -> None:
+    text, binary = socketio.encode_args(SioType.EVENT, ["m", 1, {"b": b"\x01"}, [b"\x02"]], namespace="/c")
+    assert text == '52-/c,["m",1,{"b":{"_placeholder":true,"num":0}},[{"_placeholder":true,"num":1}]]'
+    assert binary == [b"\x01", b"\x02"]
+    assert socketio.encode_args(SioType.ACK, [b""], ack_id=9) == ('61-9[{"_placeholder":true,"num":0}]', [b""])
+    assert socketio.encode_args(SioType.ACK, [1, "2"], ack_id=9) == ('39[1,"2"]', [])
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        SioPacket(SioType.EVENT, data="{}"),
+        SioPacket(SioType.EVENT, data="[1]"),
+        SioPacket(SioType.EVENT, data="[]"),
+        SioPacket(SioType.EVENT, data='abc["m"]'),
+        SioPacket(SioType.ACK, data="1"),
+        SioPacket(SioType.BINARY_EVENT, data='["m",{"_placeholder":true,"num":1}]', attachments=1, binary=(b"",)),
+    ],
+)
+def test_socketio_args_reject_what_is_not_an_argument_array(packet: SioPacket) -> None:
+    with pytest.raises(SocketIOError):
+        socketio.decode_args(packet)
+
+
+def test_socketio_ack_args_may_be_empty() -> None:
+    assert socketio.decode_args(SioPacket(SioType.ACK, ack_id=1, data="[]")) == []
+
+
 # -- chat events -------------------------------------------------------------------------------------
 def test_events_decode_into_structs() -> None:
     event = decode_event('["send_message",{"roomId":"r","content":"hi 🎆","clientMsgId":"c-1"}]')
