@@ -3,7 +3,8 @@
 A packet is one type digit and its data: ``0`` open, ``1`` close, ``2`` ping, ``3`` pong, ``4`` message,
 ``5`` upgrade, ``6`` noop. Over websocket one text frame carries one packet; over polling, packets are
 joined with the record separator ``\\x1e``. Binary packets (``b<base64>`` on polling, binary frames on
-websocket) carry Socket.IO attachments, which no MinitalkChat client sends: they decode as ``BINARY``.
+websocket) carry Socket.IO attachments (or an Engine.IO app's bytes): on polling they decode as ``BINARY``
+with their base64 text as data.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class PacketType(IntEnum):
     NOOP = 6
 
 
-BINARY = -1  # type of a decoded binary packet; its data is ignored
+BINARY = -1  # type of a decoded binary packet; its data is the base64 text (polling)
 
 # Pre-encoded packets the server sends often.
 PING = "2"
@@ -59,7 +60,7 @@ def decode_packet(text: str) -> tuple[int, str]:
         raise EngineIOError("empty Engine.IO packet")
     head = text[0]
     if head == "b":
-        return BINARY, ""
+        return BINARY, text[1:]
     if not ("0" <= head <= "6"):
         raise EngineIOError(f"unknown Engine.IO packet type {head!r}")
     return ord(head) - 48, text[1:]

@@ -125,6 +125,8 @@ class ChatApp:
         return cursors
 
     async def on_event(self, session: Session, packet: socketio.SioPacket) -> None:
+        if packet.type != socketio.SioType.EVENT:
+            return  # acks and binary events: no MinitalkChat client sends them
         try:
             event = decode_event(packet.data)
         except SocketIOError:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import h11
 import trio
@@ -67,11 +67,14 @@ class FrontDoor:
         socketio_path: str = "/socket.io",
         metrics: Metrics | None = None,
         max_per_ip: int = 0,
+        more_websockets: Mapping[str, WebSocketEndpoint] | None = None,
     ) -> None:
         self._on_error = on_error
         self._http = http
-        self._websocket = websocket
-        self._path = socketio_path.rstrip("/").encode()
+        # Upgrade paths (no trailing slash) → their endpoint: Socket.IO's, and other hubs' (more_websockets).
+        self._websockets = {socketio_path.rstrip("/").encode(): websocket} | {
+            path.rstrip("/").encode(): endpoint for path, endpoint in (more_websockets or {}).items()
+        }
         self._metrics = metrics or Metrics()
         self._max_per_ip = max_per_ip
         self._per_ip: dict[str, int] = {}
@@ -155,14 +158,17 @@ class FrontDoor:
             await stream.aclose()
             return
         request, raw, trailing = head
-        if self._is_socketio_websocket(request):
-            await self._websocket.serve(stream, request, trailing)
+        endpoint = self._websocket_for(request)
+        if endpoint is not None:
+            await endpoint.serve(stream, request, trailing)
         else:
             await self._http.serve(stream, raw)
 
-    def _is_socketio_websocket(self, request: h11.Request) -> bool:
-        path = request.target.split(b"?", 1)[0].rstrip(b"/")
-        return path == self._path and is_upgrade(request.method, request.headers.raw_items())
+    def _websocket_for(self, request: h11.Request) -> WebSocketEndpoint | None:
+        endpoint = self._websockets.get(request.target.split(b"?", 1)[0].rstrip(b"/"))
+        if endpoint is None or not is_upgrade(request.method, request.headers.raw_items()):
+            return None
+        return endpoint
 
     async def _read_head(self, stream: trio.SocketStream) -> tuple[h11.Request, bytes, bytes] | None:
         """The request head, every byte read so far, and the bytes after the head; None on EOF or timeout."""

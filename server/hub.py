@@ -1,24 +1,30 @@
 """The realtime transport: Engine.IO sessions, their heartbeat and error boundary, Socket.IO packets.
 
-It knows no chat: a session's Socket.IO CONNECTs and events go to the :class:`App` (``server/chat.py``), and
-who receives a room's messages is :class:`~server.delivery.Delivery`'s business. Rooms there are
+It knows no chat: a session's Socket.IO CONNECTs and events go to the :class:`App` mounted on their namespace
+(``server/chat.py`` is ``/``; a CONNECT to a namespace nothing is mounted on is refused), binary packets
+(types 5 and 6) are handed over once all their attachments have arrived (bounded in count and bytes), and a
+hub with an :class:`EngineApp` speaks Engine.IO only (no Socket.IO: each message goes to that app).
+Who receives a room's messages is :class:`~server.delivery.Delivery`'s business. Rooms there are
 *subscriptions*, as Socket.IO rooms are; *membership* (who may send) lives in the room registry. They differ
 on purpose (contract §3.2-3.4): a user who leaves by REST keeps receiving until ``leave_room`` or reconnect.
 """
 
 from __future__ import annotations
 
+import binascii
 import heapq
 import logging
 import math
 import secrets
-from typing import Literal, Protocol
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol
 
 import msgspec
 import trio
 
 from protocol import engineio, socketio
-from protocol.engineio import OpenPayload, PacketType
+from protocol.engineio import BINARY, OpenPayload, PacketType
 from protocol.engineio_session import Beat
 from protocol.errors import SocketIOError
 from protocol.socketio import SioType
@@ -47,14 +53,29 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     recent_ids: int = 100_000
     catchup_high_water: int = 1024 * 1024
     catchup_page: int = 500
+    max_attachments: int = 10  # binary attachments of one Socket.IO packet; their bytes: max_packet_bytes
 
 
 class App(Protocol):
-    """What the hub hands a session's Socket.IO CONNECTs and events to (server/chat.py)."""
+    """What the hub hands one namespace's Socket.IO CONNECTs and events to (server/chat.py is ``/``).
+
+    ``on_connect`` gets the CONNECT's JSON text ('' when absent) and accepts with :meth:`Hub.accept` (or
+    answers CONNECT_ERROR itself). ``on_event`` gets EVENTs, ACKs and their binary forms, attachments in
+    ``packet.binary`` (:func:`protocol.socketio.decode_args` decodes them); raising SocketIOError closes the
+    session as a malformed packet does.
+    """
 
     async def on_connect(self, session: Session, data: str) -> None: ...
 
     async def on_event(self, session: Session, packet: socketio.SioPacket) -> None: ...
+
+
+class EngineApp(Protocol):
+    """An app on Engine.IO itself (no Socket.IO): each message and binary packet of a session, in order."""
+
+    async def on_message(self, session: Session, data: str) -> None: ...
+
+    async def on_binary(self, session: Session, data: bytes) -> None: ...
 
 
 class Hub:
@@ -79,8 +100,24 @@ class Hub:
         self._timer_count = 0
         self._timer_scope: trio.CancelScope | None = None
         self._reaper = trio.lowlevel.ParkingLot()
-        self.app: App | None = None  # what CONNECTs and events are for (server/chat.py); set before serving
+        self.app: App | None = None  # the namespace "/" (server/chat.py); set before serving (see mount)
+        self.apps: dict[str, App] = {}  # every other namespace
+        # What an Engine.IO message and a binary packet go to: Socket.IO, unless an EngineApp is mounted.
+        self._on_message: Callable[[Session, str], Awaitable[None]] = self._on_socketio
+        self._on_binary: Callable[[Session, bytes], Awaitable[None]] = self._on_attachment
         self.messages_broadcast = 0
+
+    def mount(self, namespace: str, app: App) -> None:
+        """Serve the Socket.IO ``namespace`` with ``app``."""
+        if namespace == "/":
+            self.app = app
+        else:
+            self.apps[namespace] = app
+
+    def mount_engine(self, app: EngineApp) -> None:
+        """Speak Engine.IO only: every message and binary packet goes to ``app``, and no CONNECT is awaited."""
+        self._on_message = app.on_message
+        self._on_binary = app.on_binary
 
     # -- lifetime ----------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -179,7 +216,8 @@ class Hub:
 
     def heartbeat(self, session: Session, now: float) -> bool:
         """Run the session's timers at ``now`` (send a due ping, close a timed-out session); False if closed."""
-        beat = session.tick(now, connected=session.sio_sid is not None or session.user is not None)
+        connected = session.sio_sid is not None or session.user is not None or bool(session.namespaces)
+        beat = session.tick(now, connected=connected)
         if beat is Beat.PING:
             session.send(engineio.PING.encode())
         elif beat is Beat.CLOSED:
@@ -201,7 +239,7 @@ class Hub:
     async def on_packet(self, session: Session, kind: int, data: str) -> None:
         """One Engine.IO packet from the client, in arrival order."""
         if kind == PacketType.MESSAGE:
-            await self._on_socketio(session, data)
+            await self._on_message(session, data)
         elif kind == PacketType.PONG:
             session.pong(trio.current_time())
             self._schedule(session)
@@ -209,7 +247,18 @@ class Hub:
             session.send(b"3" + data.encode())
         elif kind == PacketType.CLOSE:
             self.close_session(session, "client closed", by_client=True)
-        # OPEN, UPGRADE (handled by the websocket endpoint), NOOP and binary packets: nothing to do.
+        elif kind == BINARY:  # polling: b<base64>
+            try:
+                raw = b64decode(data, validate=True)
+            except binascii.Error:
+                self.close_session(session, "bad base64 in a binary packet")
+                return
+            await self._on_binary(session, raw)
+        # OPEN, UPGRADE (handled by the websocket endpoint) and NOOP: nothing to do.
+
+    async def on_binary(self, session: Session, data: bytes) -> None:
+        """One binary Engine.IO packet (a websocket binary frame), in arrival order."""
+        await self._on_binary(session, data)
 
     async def _on_socketio(self, session: Session, text: str) -> None:
         try:
@@ -217,19 +266,94 @@ class Hub:
         except SocketIOError as exc:
             self.close_session(session, f"bad Socket.IO packet: {exc}")
             return
-        if packet.namespace != "/":
-            if packet.type == SioType.CONNECT:
-                session.send(b"44" + packet.namespace.encode() + b',{"message":"Invalid namespace"}')
+        if session.partial is not None:
+            self.close_session(session, "a text packet while attachments were awaited")
             return
-        if packet.type == SioType.CONNECT:
-            assert self.app is not None, "the service sets the app before serving"
-            await self.app.on_connect(session, packet.data)
-        elif packet.type == SioType.DISCONNECT:
-            self.delivery.unsubscribe_all(session)
-            session.sio_sid = None
-        elif packet.type == SioType.EVENT and session.sio_sid is not None:
-            assert self.app is not None
-            await self.app.on_event(session, packet)
+        if packet.type == SioType.EVENT and packet.namespace == "/":  # the chat's hot path: no detour
+            if session.sio_sid is not None:
+                assert self.app is not None
+                try:
+                    await self.app.on_event(session, packet)
+                except SocketIOError as exc:
+                    self.close_session(session, f"bad Socket.IO packet: {exc}")
+            return
+        if packet.attachments:
+            if packet.attachments > self.settings.max_attachments:
+                self.close_session(session, f"too many attachments ({packet.attachments})")
+                return
+            session.partial = (packet, [], 0)
+            return
+        await self._dispatch(session, packet)
+
+    async def _on_attachment(self, session: Session, data: bytes) -> None:
+        partial = session.partial
+        if partial is None:
+            return  # a binary packet no Socket.IO packet announced: ignored, as MinitalkChat's server does
+        packet, parts, size = partial
+        size += len(data)
+        if size > self.settings.max_packet_bytes:
+            self.close_session(session, f"attachments over {self.settings.max_packet_bytes} bytes")
+            return
+        parts.append(data)
+        if len(parts) < packet.attachments:
+            session.partial = (packet, parts, size)
+            return
+        session.partial = None
+        await self._dispatch(session, msgspec.structs.replace(packet, binary=tuple(parts)))
+
+    async def _dispatch(self, session: Session, packet: socketio.SioPacket) -> None:
+        namespace = packet.namespace
+        if namespace == "/":
+            app = self.app
+            connected = session.sio_sid is not None
+        else:
+            app = self.apps.get(namespace)
+            if app is None:
+                if packet.type == SioType.CONNECT:
+                    session.send(b"44" + namespace.encode() + b',{"message":"Invalid namespace"}')
+                return
+            connected = session.namespaces is not None and namespace in session.namespaces
+        assert app is not None, "the service mounts the app before serving"
+        kind = packet.type
+        if kind == SioType.CONNECT:
+            await app.on_connect(session, packet.data)
+        elif kind == SioType.DISCONNECT:
+            if namespace == "/":
+                self.delivery.unsubscribe_all(session)
+                session.sio_sid = None
+            elif session.namespaces is not None:
+                session.namespaces.discard(namespace)
+        elif connected and kind != SioType.CONNECT_ERROR:
+            try:
+                await app.on_event(session, packet)
+            except SocketIOError as exc:
+                self.close_session(session, f"bad Socket.IO packet: {exc}")
+
+    # -- outbound for apps ---------------------------------------------------------------------------
+    def accept(self, session: Session, namespace: str = "/") -> str:
+        """Accept a CONNECT to ``namespace``: the session is connected to it; returns the Socket.IO sid sent."""
+        sid = secrets.token_urlsafe(15)
+        if namespace == "/":
+            session.sio_sid = sid
+        else:
+            if session.namespaces is None:
+                session.namespaces = set()
+            session.namespaces.add(namespace)
+        reply = socketio.encode(SioType.CONNECT, '{"sid":"' + sid + '"}', namespace=namespace)
+        session.send(b"4" + reply.encode())
+        return sid
+
+    def emit(
+        self, session: Session, args: list[Any], *, namespace: str = "/", ack_id: int | None = None, ack: bool = False
+    ) -> bool:
+        """Send an EVENT with ``args`` (name first), or with ``ack`` the ACK ``ack_id`` with ``args``; ``bytes``
+        anywhere in ``args`` go as attachments."""
+        kind = SioType.ACK if ack else SioType.EVENT
+        text, binary = socketio.encode_args(kind, args, ack_id=ack_id, namespace=namespace)
+        sent = session.send(b"4" + text.encode())
+        for data in binary:
+            sent = session.send_binary(data) and sent
+        return sent
 
     async def wait_flushed(self) -> None:
         """Return once every websocket outbox and polling queue is empty (acks and broadcasts delivered)."""

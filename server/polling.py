@@ -1,4 +1,4 @@
-"""Engine.IO long-polling on ``/socket.io/`` through the quart-trio app, and ``GET /metrics``.
+"""Engine.IO long-polling on ``/socket.io/`` (or another hub's path) through the quart-trio app, and ``GET /metrics``.
 
 Polling is the slow path: every client starts on it (contract §3.6-1) and most leave it within a few
 round trips by upgrading to websocket; a polling-only client keeps using it. Going through hypercorn
@@ -27,12 +27,15 @@ def _error(code: int, message: str, status: int = 400) -> Response:
     )
 
 
-def polling_routes(hub: Hub, metrics: Metrics) -> Blueprint:
-    bp = Blueprint("engineio", __name__)
+def polling_routes(hub: Hub, metrics: Metrics | None, *, path: str = "/socket.io/") -> Blueprint:
+    """Polling for ``hub`` on ``path``; with ``metrics``, ``GET /metrics`` too."""
+    bp = Blueprint(
+        "engineio" if path == "/socket.io/" else "engineio" + "".join(c if c.isalnum() else "_" for c in path), __name__
+    )
     max_packets = max(16, hub.settings.max_packet_bytes // 2)  # POSTs are bounded by bytes (§3.6-7)
 
     # Every method reaches the route so that a handshake with another method gets engine.io's 400 (not 404).
-    @bp.route("/socket.io/", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+    @bp.route(path, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
     async def engineio_polling() -> Response:
         args = request.args
         if args.get("EIO") != "4":
@@ -87,8 +90,11 @@ def polling_routes(hub: Hub, metrics: Metrics) -> Blueprint:
             return _error(3, "Server at its connection limit", 503)
         return Response(hub.open_packet(session, upgrades=["websocket"]), content_type=_TEXT)
 
-    @bp.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    if metrics is not None:
+        registry = metrics
+
+        @bp.get("/metrics")
+        async def prometheus_metrics() -> Response:
+            return Response(registry.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     return bp

@@ -14,8 +14,11 @@ commits what was accepted, then storage closes.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 
 import hypercorn.config
+import msgspec
 import trio
 
 from protocol.ratelimit import LoginGuard
@@ -26,7 +29,7 @@ from server.frontdoor import MAX_HEAD_BYTES, FrontDoor
 from server.health import Health, ReportingStorage
 from server.http_app import create_app
 from server.http_handoff import HttpHandoff
-from server.hub import Hub, HubSettings
+from server.hub import EngineApp, Hub, HubSettings
 from server.metrics import Metrics
 from server.passwords import PasswordHasher
 from server.polling import polling_routes
@@ -75,7 +78,14 @@ def hub_settings(config: Config) -> HubSettings:
 
 
 class MinitalkServer:
-    def __init__(self, config: Config, *, storage: StorageEngine | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        storage: StorageEngine | None = None,
+        engine_apps: Mapping[str, EngineApp] | None = None,
+    ) -> None:
+        """``engine_apps``: more paths (``/engine.io/``) served as Engine.IO only, each by its own hub."""
         self.config = config
         self.storage = storage or open_storage(
             config.database,
@@ -90,7 +100,7 @@ class MinitalkServer:
         self.metrics = Metrics()
         self.hub = Hub(hub_settings(config), self.registry, self.metrics, self.storage)
         self.chat = ChatApp(self.hub, self.registry, tokens, self.storage)
-        self.hub.app = self.chat
+        self.hub.mount("/", self.chat)
         self.batcher: WriteBehindBatcher[Ticket] = WriteBehindBatcher(
             self.storage,
             self.chat,
@@ -123,7 +133,16 @@ class MinitalkServer:
             admin_routes=config.admin_routes,
             admin_token=config.admin_token,
         )
-        app = create_app(services, extra=[polling_routes(self.hub, self.metrics)])
+        # Engine.IO-only hubs: the same settings, no Socket.IO CONNECT awaited.
+        engine_settings = msgspec.structs.replace(self.hub.settings, connect_timeout=math.inf)
+        self.engine_hubs: dict[str, Hub] = {}
+        for path, engine_app in (engine_apps or {}).items():
+            engine_hub = Hub(engine_settings, self.registry, Metrics(), self.storage)
+            engine_hub.mount_engine(engine_app)
+            self.engine_hubs[path] = engine_hub
+        extra = [polling_routes(self.hub, self.metrics)]
+        extra += [polling_routes(hub, None, path=path) for path, hub in self.engine_hubs.items()]
+        app = create_app(services, extra=extra)
         self.http = HttpHandoff(
             app,
             _hypercorn_config(config),
@@ -137,6 +156,7 @@ class MinitalkServer:
             metrics=self.metrics,
             max_per_ip=config.max_connections_per_ip,
             on_error=lambda exc: self.hub.connection_failed(None, exc, "connection"),
+            more_websockets={path: WebSocketEndpoint(hub) for path, hub in self.engine_hubs.items()},
         )
         self._shutdown = trio.Event()
 
@@ -210,6 +230,8 @@ class MinitalkServer:
     async def _serve(self, task_status: trio.TaskStatus[int]) -> None:
         async with trio.open_nursery() as hub_scope:
             await hub_scope.start(self.hub.run)
+            for engine_hub in self.engine_hubs.values():
+                await hub_scope.start(engine_hub.run)
             await hub_scope.start(self.http.run)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             port = int(listeners[0].socket.getsockname()[1])
@@ -229,7 +251,8 @@ class MinitalkServer:
                     await listener.aclose()
                 await self._settle_accepted()
                 log.info("stopped accepting; closing %d sessions", len(self.hub.sessions))
-                self.hub.close_all("server shutting down")
+                for hub in (self.hub, *self.engine_hubs.values()):
+                    hub.close_all("server shutting down")
                 await self.http.begin_shutdown()
                 with trio.move_on_after(self.config.shutdown_timeout):
                     await self.http.wait_requests_done()

@@ -8,6 +8,7 @@ nothing here sets them, it asks the machine and does what the answer says. (An e
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +18,8 @@ import trio
 from protocol import engineio
 from protocol.engineio_session import EngineIOSession, Poll, Upgrade
 from protocol.ratelimit import TokenBucket
-from protocol.websocket import close_frame, frame
+from protocol.socketio import SioPacket
+from protocol.websocket import OP_BINARY, close_frame, frame
 from server.outbox import Outbox
 
 MAX_PACKETS_PER_POLL = 16  # python-engineio rejects a payload of more than 16 packets (contract §3.6-6)
@@ -34,7 +36,9 @@ class Session(EngineIOSession):
         "lagging",
         "max_queue_bytes",
         "max_queue_packets",
+        "namespaces",
         "on_overflow",
+        "partial",
         "send_bucket",
         "sid",
         "sio_sid",
@@ -69,7 +73,10 @@ class Session(EngineIOSession):
         self.sid = sid
         self.token = token
         self.user: str | None = None
-        self.sio_sid: str | None = None
+        self.sio_sid: str | None = None  # connected to the namespace "/" (its Socket.IO sid)
+        self.namespaces: set[str] | None = None  # the other namespaces it is connected to (made on the first)
+        # A binary packet waiting for its attachments, and those that have arrived (server/hub.py).
+        self.partial: tuple[SioPacket, list[bytes], int] | None = None
         # Subscribed rooms → the last seq written to this session (owned by server/delivery.py).
         self.cursors: dict[str, int] = {}
         self.lagging = False  # catching up from the log instead of receiving live pushes (delivery.py)
@@ -114,6 +121,12 @@ class Session(EngineIOSession):
         self._queue_bytes += len(packet)
         self._wake_poll()
         return True
+
+    def send_binary(self, data: bytes) -> bool:
+        """Queue one binary Engine.IO packet: a binary frame, or ``b<base64>`` on polling."""
+        if self.ws is not None and not self.closed:
+            return self.ws.push(frame(data, OP_BINARY))
+        return self.send(b"b" + base64.b64encode(data))
 
     def send_many(self, packets: list[bytes], ws_frames: bytes) -> bool:
         """Queue several packets at once; ``ws_frames`` is their websocket frames, concatenated.

@@ -21,6 +21,7 @@ from protocol.engineio_session import Upgrade
 from protocol.errors import EngineIOError
 from protocol.websocket import (
     CLOSE_PROTOCOL_ERROR,
+    OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
@@ -187,7 +188,9 @@ class WebSocketEndpoint:
                     outbox.push_close(close_reply(payload))
                     outbox.drain_best_effort()
                     return "websocket closed by client"
-                # Binary messages carry Socket.IO attachments, which no MinitalkChat client sends: ignored.
+                elif opcode == OP_BINARY and not probing:
+                    assert isinstance(payload, bytes)
+                    await self._on_binary(session, payload)
             if bad_frame is not None:
                 return self._close(outbox, bad_frame.code, str(bad_frame))
             data = await stream.receive_some(RECEIVE_BYTES)
@@ -208,6 +211,14 @@ class WebSocketEndpoint:
             async with session.inbound:
                 await self._hub.on_packet(session, kind, payload)
         return None
+
+    async def _on_binary(self, session: Session, data: bytes) -> None:
+        """One binary Engine.IO packet (a Socket.IO attachment, or an Engine.IO app's bytes)."""
+        if session.ws is not None:
+            await self._hub.on_binary(session, data)
+        else:
+            async with session.inbound:
+                await self._hub.on_binary(session, data)
 
     @staticmethod
     def _close(outbox: Outbox, code: int, reason: str) -> str:

@@ -76,7 +76,7 @@ def test_open_packet_has_every_field_clients_need() -> None:
         ("5", (PacketType.UPGRADE, "")),
         ("6", (PacketType.NOOP, "")),
         ("1", (PacketType.CLOSE, "")),
-        ("bAAEC", (BINARY, "")),
+        ("bAAEC", (BINARY, "AAEC")),
     ],
 )
 def test_decode_packet(text: str, decoded: tuple[int, str]) -> None:
@@ -113,7 +113,7 @@ def test_payload_round_trip_and_limits() -> None:
         ('2/chat,7["a"]', SioPacket(SioType.EVENT, "/chat", 7, '["a"]')),
         (
             '51-["a",{"_placeholder":true,"num":0}]',
-            SioPacket(SioType.BINARY_EVENT, data='["a",{"_placeholder":true,"num":0}]'),
+            SioPacket(SioType.BINARY_EVENT, data='["a",{"_placeholder":true,"num":0}]', attachments=1),
         ),
     ],
 )
@@ -131,6 +131,44 @@ def test_socketio_encode() -> None:
     assert socketio.encode(SioType.CONNECT, '{"sid":"x"}') == '0{"sid":"x"}'
     assert socketio.encode(SioType.ACK, "[1]", ack_id=3) == "3" + "3[1]"
     assert socketio.encode(SioType.CONNECT_ERROR, "{}", namespace="/a") == "4/a,{}"
+
+
+def test_socketio_args_put_attachments_in_place_of_their_placeholders() -> None:
+    packet = socketio.decode('52-7["m",{"a":[{"_placeholder":true,"num":1}]},{"_placeholder":true,"num":0}]')
+    assert (packet.type, packet.ack_id, packet.attachments) == (SioType.BINARY_EVENT, 7, 2)
+    packet = msgspec.structs.replace(packet, binary=(b"zero", b"one"))
+    assert socketio.decode_args(packet) == ["m", {"a": [b"one"]}, b"zero"]
+    # A dict that only looks like a placeholder (extra keys, a non-int num) is data.
+    odd = '["m",{"_placeholder":true,"num":0,"x":1},{"_placeholder":true,"num":"0"}]'
+    assert socketio.decode_args(SioPacket(SioType.EVENT, data=odd)) == msgspec.json.decode(odd)
+
+
+def test_socketio_args_encode_bytes_as_attachments() -> None:
+    text, binary = socketio.encode_args(SioType.EVENT, ["m", 1, {"b": b"\x01"}, [b"\x02"]], namespace="/c")
+    assert text == '52-/c,["m",1,{"b":{"_placeholder":true,"num":0}},[{"_placeholder":true,"num":1}]]'
+    assert binary == [b"\x01", b"\x02"]
+    assert socketio.encode_args(SioType.ACK, [b""], ack_id=9) == ('61-9[{"_placeholder":true,"num":0}]', [b""])
+    assert socketio.encode_args(SioType.ACK, [1, "2"], ack_id=9) == ('39[1,"2"]', [])
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        SioPacket(SioType.EVENT, data="{}"),
+        SioPacket(SioType.EVENT, data="[1]"),
+        SioPacket(SioType.EVENT, data="[]"),
+        SioPacket(SioType.EVENT, data='abc["m"]'),
+        SioPacket(SioType.ACK, data="1"),
+        SioPacket(SioType.BINARY_EVENT, data='["m",{"_placeholder":true,"num":1}]', attachments=1, binary=(b"",)),
+    ],
+)
+def test_socketio_args_reject_what_is_not_an_argument_array(packet: SioPacket) -> None:
+    with pytest.raises(SocketIOError):
+        socketio.decode_args(packet)
+
+
+def test_socketio_ack_args_may_be_empty() -> None:
+    assert socketio.decode_args(SioPacket(SioType.ACK, ack_id=1, data="[]")) == []
 
 
 # -- chat events -------------------------------------------------------------------------------------

@@ -117,6 +117,17 @@ async def test_binary_frames_are_ignored(running: RunningServer) -> None:
         assert {(await c.next_event())[0], (await c.next_event())[0]} == {"message", "ack:3"}
 
 
+async def test_the_chat_ignores_binary_events_and_serves_only_the_main_namespace(running: RunningServer) -> None:
+    tokens, room = await token_and_room(running.url)
+    async with raw_client(running.url, tokens["a"]) as c:
+        await c.ws.send_message('451-["send_message",{"_placeholder":true,"num":0}]')
+        await c.ws.send_message(b"attachment")
+        await c.ws.send_message("40/custom,")
+        assert await c.packet() == '44/custom,{"message":"Invalid namespace"}'
+        await c.emit("send_message", {"roomId": room, "content": "after binary"}, ack_id=3)
+        assert {(await c.next_event())[0], (await c.next_event())[0]} == {"message", "ack:3"}
+
+
 async def test_client_that_never_connects_is_closed(strict: RunningServer) -> None:
     tokens, _ = await token_and_room(strict.url)
     async with raw_client(strict.url, tokens["a"], connect=False) as c:
