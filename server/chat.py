@@ -55,6 +55,8 @@ from storage.timefmt import iso_utc
 log = logging.getLogger(__name__)
 
 AUTH_ERROR = b'44{"message":"Authentication error"}'
+# Repeats of one in-flight clientMsgId kept to be acked with their original: a real client retries a few times.
+MAX_WAITING_REPEATS = 32
 ERR_SHUTTING_DOWN = "Server is shutting down: message not accepted, send it again after reconnecting"
 
 
@@ -208,8 +210,10 @@ class ChatApp:
             return False
         if isinstance(known, AckOk):
             self._answer(ticket, known)
-        else:
+        elif len(known) < MAX_WAITING_REPEATS:
             known.append(ticket)
+        else:  # a client resending one id in a loop while storage is down must not grow memory
+            self._answer(ticket, AckError(ERR_SEND_FAILED))
         return True
 
     def _remember(self, key: tuple[str, str, str], entry: list[Ticket] | AckOk) -> None:

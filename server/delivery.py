@@ -103,6 +103,7 @@ class Delivery:
         for room_id in list(session.cursors):
             self.unsubscribe(session, room_id)
         self._lagging.discard(session)
+        session.lagging = False  # a later CONNECT on the same session starts at the head, or catches up anew
 
     def rooms(self) -> int:
         return len(self._subscribers)
@@ -249,6 +250,7 @@ class Delivery:
 
     async def _push_page(self, session: Session, room_id: str, after: int) -> None:
         """A page of the room's log after ``after``, cut at the high-water mark, and the cursor moved on."""
+        stored_head = self._stored_head(room_id)  # before the read: what commits during it is not skipped
         rows = await self._storage.history(HistoryQuery(room_id, limit=self._page, after_seq=after))
         if session.closed or session.cursors.get(room_id) != after:
             return  # closed, or left and joined again while we read: the next step starts afresh
@@ -271,7 +273,7 @@ class Delivery:
         elif rows:  # the next stored seq is past a gap (a fast-mode crash skip): nothing is stored in between
             session.cursors[room_id] = rows[0].seq - 1
         else:  # nothing stored past the cursor though the head is further: deleted (delete-all) or never stored
-            session.cursors[room_id] = max(after, self._stored_head(room_id))
+            session.cursors[room_id] = max(after, stored_head)
 
     def _push_tail(self, session: Session, room_id: str, after: int) -> None:
         """Fast mode: the next part of the room's uncommitted tail, up to the high-water mark."""

@@ -220,6 +220,7 @@ class MinitalkServer:
         """
         self.chat.stop_accepting()
         deadline = trio.current_time() + self.config.shutdown_timeout
+        self.batcher.begin_shutdown(deadline)  # one deadline: a failing commit is not retried past it
         with trio.move_on_at(deadline) as committing:
             await self.batcher.wait_idle()
         if committing.cancelled_caught:

@@ -34,6 +34,7 @@ from typing import Generic, Protocol, TypeVar
 import trio
 
 from storage.engine import StorageEngine
+from storage.errors import StorageUnavailableError
 from storage.records import Appended, NewMessage
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class WriteBehindBatcher(Generic[T]):
     def release_room(self) -> None:
         """Give back a slot taken by ``wait_for_room`` for a message that was not submitted after all."""
         self._slots.release()
+        self._settled.set()  # wait_idle may be waiting for exactly this slot
+        self._settled = trio.Event()
 
     def submit_nowait(self, message: NewMessage, ticket: T) -> None:
         """Queue a message for which a slot was taken. Raises ClosedResourceError after shutdown."""
@@ -192,7 +195,13 @@ class WriteBehindBatcher(Generic[T]):
         if self.health is not None:  # every time: a REST write that got through must not hide failing commits
             self.health.storage_failed(f"commits are failing: {error}")
         self._failing = True
-        if self._retry_until_stored and trio.current_time() < self._give_up_at:
+        # Forever only while the database refuses for now; a bug (an IntegrityError, a bad statement) would fail
+        # the same way every time and hold every slot.
+        if (
+            self._retry_until_stored
+            and isinstance(error, StorageUnavailableError)
+            and trio.current_time() < self._give_up_at
+        ):
             if attempt == len(self._retry_delays):  # one line per episode, not one per retry
                 log.error("commit of %d messages still failing (%s); retrying until it is stored", size, error)
             return True

@@ -211,3 +211,47 @@ async def test_a_failing_log_read_is_retried_and_costs_nothing(nursery: trio.Nur
     delivery.publish(ROOM, packets, 4)  # a gap: catch-up must read the log, and the first read fails
     assert await settle(delivery, member) == [(ROOM, n) for n in range(1, 5)]
     assert reads.failures == 1
+
+
+async def test_a_member_that_disconnects_while_lagging_gets_pushes_after_it_connects_again(
+    nursery: trio.Nursery, log: Log
+) -> None:
+    delivery = Delivery(log.engine, log.head, high_water=1 << 20, page=50)
+    await nursery.start(delivery.run)
+    member = session("m")
+    delivery.subscribe(member, ROOM)
+    packets = await log.commit(ROOM, 2)
+    delivery.publish(ROOM, packets[1:], 2)  # a gap: lagging
+    assert member.lagging
+    delivery.unsubscribe_all(member)  # Socket.IO DISCONNECT on the same Engine.IO session
+    delivery.subscribe(member, ROOM)  # and CONNECT again: at the head
+    packets = await log.commit(ROOM, 1)
+    assert delivery.publish(ROOM, packets, 3) == 1
+    assert await read_all(member) == [(ROOM, 3)]
+
+
+class CommitsDuringRead:
+    """The log, where a batch commits while the first (empty) catch-up read is in flight."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.reads = 0
+
+    async def history(self, query: HistoryQuery) -> list[StoredMessage]:
+        rows = await self._log.engine.history(query)
+        self.reads += 1
+        if self.reads == 1:
+            await self._log.commit(ROOM, 3)  # committed after the read saw the log, before it returned
+        return rows
+
+
+async def test_catch_up_does_not_skip_what_commits_while_it_reads(nursery: trio.Nursery, log: Log) -> None:
+    reads = CommitsDuringRead(log)
+    delivery = Delivery(reads, log.head, high_water=1 << 20, page=50)  # type: ignore[arg-type]  # reads only
+    await nursery.start(delivery.run)
+    member = session("m")
+    delivery.subscribe(member, ROOM)
+    await log.commit(ROOM, 5)
+    await log.engine.delete_all_messages()  # seqs 1-5 are gone from the log, the head stays at 5
+    delivery.catch_up_if_behind(member)  # cursor 0, head 5, nothing stored: the first read is empty
+    assert await settle(delivery, member) == [(ROOM, n) for n in range(6, 9)]
