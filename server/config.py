@@ -70,6 +70,13 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     def __post_init__(self) -> None:
         if self.admin_routes == "token" and not self.admin_token:
             raise ValueError("admin_routes = token needs an admin token: set ADMIN_TOKEN (or --admin-token)")
+        # A lagging member's queue holds up to the high-water mark plus a page (itself cut at the mark): the
+        # hard bound must leave room for both, or catch-up would cut off the readers it exists to keep.
+        if 2 * self.catchup_high_water + self.max_packet_bytes > self.outbox_max_bytes:
+            raise ValueError(
+                "outbox_max_bytes must be at least 2 x catchup_high_water + max_packet_bytes"
+                f" ({2 * self.catchup_high_water + self.max_packet_bytes} with these settings)"
+            )
 
     @property
     def uses_default_secret(self) -> bool:

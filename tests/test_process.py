@@ -37,6 +37,12 @@ def test_bad_config_exits_2_with_a_message() -> None:
     assert "invalid configuration" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_outbox_bound_below_what_catch_up_needs_is_a_config_error() -> None:
+    result = run_cli("--outbox-max-bytes", "100000")
+    assert result.returncode == 2
+    assert "catchup_high_water" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_unsupported_database_exits_1_with_a_message() -> None:
     result = run_cli("--database", "mysql://localhost/x")
     assert result.returncode == 1
