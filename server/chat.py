@@ -40,6 +40,7 @@ from protocol.events import (
     message_packet,
 )
 from protocol.recovery import Position, connect_reply, new_pid, pid_position, recovery_request
+from server.delivery import stored_packet
 from server.hub import Hub
 from server.rooms import RoomRegistry
 from server.send_limit import SendRateLimit
@@ -254,11 +255,8 @@ class ChatApp:
             self.registry.committed_seq(stored.room_id, stored.seq)
             watermark = max(watermark, stored.pk)
             if durable:
-                out = MessageOut(
-                    "message", stored.room_id, stored.sender, stored.content, stored.timestamp, stored.id, stored.seq
-                )
                 run = outgoing.setdefault(stored.room_id, (stored.seq, []))
-                run[1].append(message_packet(out))
+                run[1].append(stored_packet(stored))
         if outgoing:
             self.hub.delivery.publish_batch(outgoing, watermark)
             self.hub.messages_broadcast += sum(len(packets) for _, packets in outgoing.values())

@@ -37,7 +37,7 @@ from protocol.recovery import cursors_offset, offset_packet, watermark_offset
 from protocol.websocket import frame
 from server.session import Session
 from storage.engine import StorageEngine
-from storage.records import HistoryQuery
+from storage.records import HistoryQuery, StoredMessage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ CATCH_UP_POLL_S = 0.01
 # After a failed log read (storage locked, disk error): how long before the next try. Short, because the
 # member waits; long enough not to spin on a database that stays unavailable.
 CATCH_UP_RETRY_S = 0.5
+
+
+def stored_packet(m: StoredMessage) -> bytes:
+    """The ``message`` packet of a stored message: the same bytes whether pushed live or read back from the log."""
+    return message_packet(MessageOut("message", m.room_id, m.sender, m.content, m.timestamp, m.id, m.seq))
 
 
 class Delivery:
@@ -260,8 +265,7 @@ class Delivery:
         for row in rows:
             if row.seq != after + len(packets) + 1 or size > self.high_water:
                 break  # a gap (a fast-mode crash skip) ends the page: the cursor moves past it below
-            out = MessageOut("message", row.room_id, row.sender, row.content, row.timestamp, row.id, row.seq)
-            packet = message_packet(out)
+            packet = stored_packet(row)
             packets.append(packet)
             frames.append(frame(packet))
             size += len(frames[-1])

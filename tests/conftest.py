@@ -47,7 +47,11 @@ class RunningServer:
 
 
 async def start_server(nursery: trio.Nursery, config: Config) -> RunningServer:
-    server = MinitalkServer(config)
+    return await run_server(nursery, MinitalkServer(config))
+
+
+async def run_server(nursery: trio.Nursery, server: MinitalkServer) -> RunningServer:
+    """Run an already built server (a conformance app, say) in the test's loop until its ``stop``."""
     done = trio.Event()
 
     async def run(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

@@ -14,6 +14,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from tests.conformance import conformance_server
+from tests.conftest import run_server
 
 SIO = "/socket.io/?EIO=4&transport=polling"
 EIO = "/engine.io/?EIO=4&transport=polling"
@@ -21,20 +22,9 @@ EIO = "/engine.io/?EIO=4&transport=polling"
 
 @pytest.fixture
 async def url(nursery: trio.Nursery) -> AsyncIterator[str]:
-    server = conformance_server(0)
-    done = trio.Event()
-
-    async def run(*, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await server.run(task_status=task_status)
-        finally:
-            done.set()
-
-    port = await nursery.start(run)
-    yield f"http://127.0.0.1:{port}"
-    server.request_shutdown()
-    with trio.fail_after(10):
-        await done.wait()
+    server = await run_server(nursery, conformance_server(0))
+    yield server.url
+    await server.stop()
 
 
 @asynccontextmanager
