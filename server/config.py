@@ -18,7 +18,6 @@ from storage.open import DEFAULT_DATABASE
 DEFAULT_JWT_SECRET = "your-secret-key"  # the original server's default (contract §2); warned about at start
 
 LogLevel = Literal["debug", "info", "warning", "error"]
-Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 DeliveryMode = Literal["durable", "fast"]
 AdminRoutes = Literal["open", "token", "off"]
 
@@ -37,7 +36,6 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     max_participants: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_name_chars: Annotated[int, msgspec.Meta(ge=1)] = 256
     shutdown_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
-    sqlite_synchronous: Synchronous = "FULL"
     delivery_mode: DeliveryMode = "durable"
     batch_max: Annotated[int, msgspec.Meta(ge=1)] = 2048
     batch_linger: Annotated[float, msgspec.Meta(ge=0)] = 0.002
@@ -53,7 +51,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     catchup_high_water: Annotated[int, msgspec.Meta(ge=4096)] = 1024 * 1024
     catchup_page: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 500
     # Operator safety and storage failures (hard-ops).
-    sqlite_busy_timeout: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    storage_outage_budget: Annotated[float, msgspec.Meta(ge=0)] = 30.0
     storage_retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 2
     admin_routes: AdminRoutes = "open"
     admin_token: str = ""
@@ -100,7 +98,8 @@ OPTIONS: tuple[Option, ...] = (
         "database",
         "--database",
         "DATABASE_URL",
-        f"storage URL: sqlite:///relative/path.db or sqlite:////absolute/path.db (default {DEFAULT_DATABASE})",
+        "storage URL: sqlite:///relative/path.db, sqlite:////absolute/path.db or postgresql://user:pass@host:port/db;"
+        " engine options as query parameters, see the README (default {DEFAULT_DATABASE})",
         "URL",
     ),
     Option(
@@ -168,13 +167,6 @@ OPTIONS: tuple[Option, ...] = (
         "SHUTDOWN_TIMEOUT",
         "seconds a graceful shutdown may take before open connections are cut (default 10)",
         "SECONDS",
-    ),
-    Option(
-        "sqlite_synchronous",
-        "--sqlite-synchronous",
-        "SQLITE_SYNCHRONOUS",
-        "SQLite PRAGMA synchronous: FULL survives power loss, NORMAL only a process crash (default FULL)",
-        "MODE",
     ),
     Option(
         "delivery_mode",
@@ -274,11 +266,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # Operator safety and storage failures (hard-ops).
     Option(
-        "sqlite_busy_timeout",
-        "--sqlite-busy-timeout",
-        "SQLITE_BUSY_TIMEOUT",
-        "seconds a write waits for another connection's lock on the SQLite file before the request is answered"
-        " 503 (default 5, Python's sqlite3 default)",
+        "storage_outage_budget",
+        "--storage-outage-budget",
+        "STORAGE_OUTAGE_BUDGET",
+        "seconds a durable-mode commit is retried while the database refuses for now (a restart, a lock, a full"
+        " disk) before its senders are answered 'Failed to send message' (default 30: a database restart"
+        " finishes well within it, and a sender waits for an answer no longer than that)",
         "SECONDS",
     ),
     Option(

@@ -87,11 +87,7 @@ class MinitalkServer:
     ) -> None:
         """``engine_apps``: more paths (``/engine.io/``) served as Engine.IO only, each by its own hub."""
         self.config = config
-        self.storage = storage or open_storage(
-            config.database,
-            sqlite_synchronous=config.sqlite_synchronous,
-            sqlite_busy_timeout=config.sqlite_busy_timeout,
-        )
+        self.storage = storage or open_storage(config.database)
         # Readiness has one owner; REST's storage calls (the registry's included) report to it.
         self.health = Health()
         rest_storage = ReportingStorage(self.storage, self.health)
@@ -109,6 +105,7 @@ class MinitalkServer:
             queue_size=config.ingest_queue,
             # Fast mode: members saw a message before it was stored, so it is retried until it is.
             retry_until_stored=config.delivery_mode == "fast",
+            outage_budget=config.storage_outage_budget,
             observer=self.metrics,
             health=self.health,
         )

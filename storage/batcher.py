@@ -14,10 +14,12 @@ first message, whichever comes first; while a commit runs, the next batch accumu
 batches grow by themselves and at low load latency stays low.
 
 After each commit the listener's ``committed`` runs (broadcast and acks), in commit order. A commit that
-fails is retried with backoff. Then either the listener's ``failed`` answers the senders (durable mode:
-nobody saw those messages yet), or, with ``retry_until_stored`` (fast mode: members already saw them), it
-is retried for as long as the process runs: the slots stay taken, so senders are backpressured while
-storage is down, and ``health`` says the server is not ready until a commit succeeds again.
+fails is retried with backoff: while the database refuses for now (``StorageUnavailableError``: a restart,
+a lock, a full disk), for up to ``outage_budget`` seconds, a few times otherwise. Then either the listener's
+``failed`` answers the senders (durable mode: nobody saw those messages yet), or, with ``retry_until_stored``
+(fast mode: members already saw them), an unavailable database is retried for as long as the process runs.
+While a batch is retried its slots stay taken, so senders are backpressured while storage is down, and
+``health`` says the server is not ready until a commit succeeds again.
 
 Shutdown: ``begin_shutdown(deadline)`` bounds the retries; when ``run`` is cancelled it stops taking new
 messages, commits everything already accepted (shielded: a graceful stop never loses an accepted message
@@ -71,6 +73,7 @@ class WriteBehindBatcher(Generic[T]):
         queue_size: int = 16384,
         retry_delays: Sequence[float] = (0.05, 0.25, 1.0),
         retry_until_stored: bool = False,
+        outage_budget: float = 30.0,
         observer: BatchObserver | None = None,
         health: StorageHealth | None = None,
     ) -> None:
@@ -80,6 +83,7 @@ class WriteBehindBatcher(Generic[T]):
         self._linger = linger
         self._retry_delays = tuple(retry_delays)
         self._retry_until_stored = retry_until_stored
+        self._outage_budget = outage_budget
         self._observer = observer
         self.health = health
         self.queue_size = queue_size
@@ -174,12 +178,14 @@ class WriteBehindBatcher(Generic[T]):
         with trio.CancelScope(shield=True):
             messages = [message for message, _ in batch]
             attempt = 0
+            first_failure = math.inf
             while True:
                 started = trio.current_time()
                 try:
                     results = await self._engine.append_messages(messages)
                 except Exception as exc:
-                    if not self._retry(attempt, len(batch), exc):
+                    first_failure = min(first_failure, started)
+                    if not self._retry(attempt, len(batch), exc, trio.current_time() - first_failure):
                         self._settle(batch, None, exc)
                         return
                     await trio.sleep(self._retry_delays[min(attempt, len(self._retry_delays) - 1)])
@@ -190,7 +196,7 @@ class WriteBehindBatcher(Generic[T]):
                 self._settle(batch, results, None)
                 return
 
-    def _retry(self, attempt: int, size: int, error: Exception) -> bool:
+    def _retry(self, attempt: int, size: int, error: Exception, failing_for: float) -> bool:
         """Whether to try a failed commit again; tells ``health`` that storage is failing."""
         if self.health is not None:  # every time: a REST write that got through must not hide failing commits
             self.health.storage_failed(f"commits are failing: {error}")
@@ -198,12 +204,15 @@ class WriteBehindBatcher(Generic[T]):
         # Forever only while the database refuses for now; a bug (an IntegrityError, a bad statement) would fail
         # the same way every time and hold every slot.
         if (
-            self._retry_until_stored
-            and isinstance(error, StorageUnavailableError)
+            isinstance(error, StorageUnavailableError)
+            and (self._retry_until_stored or failing_for < self._outage_budget)
             and trio.current_time() < self._give_up_at
         ):
             if attempt == len(self._retry_delays):  # one line per episode, not one per retry
-                log.error("commit of %d messages still failing (%s); retrying until it is stored", size, error)
+                until = "it is stored" if self._retry_until_stored else f"{self._outage_budget:g} s have passed"
+                log.error("commit of %d messages still failing (%s); retrying until %s", size, error, until)
+            elif attempt < len(self._retry_delays):
+                log.warning("commit of %d messages failed (%s); retrying", size, error)
             return True
         if attempt < len(self._retry_delays) and trio.current_time() < self._give_up_at:
             log.warning("commit of %d messages failed (%s); retrying", size, error)

@@ -143,13 +143,15 @@ async def test_disk_full_loses_nothing_acked_and_service_resumes(
 ) -> None:
     with small_disk(tmp_path / "disk", "4m") as disk:
         args = server_args(disk / "full.db", "--delivery-mode", mode, "--ingest-queue", str(INGEST_QUEUE))
+        # Durable: an outage longer than the budget answers the senders instead of keeping them waiting.
+        args += ["--storage-outage-budget", "2"]
         server = await start_server_process(nursery, args)
         load = await ChatLoad.create(server.url, senders=2)
         async with trio.open_nursery() as senders:
             senders.start_soon(lambda: load.run(pace=0.002, count=3000))
             await wait_until(lambda: len(load.acked) >= 50)
             filler = fill(disk)
-            # Durable: past the retries, the senders are answered; fast: retried on and on until stored.
+            # Durable: past the budget, the senders are answered; fast: retried on and on until stored.
             gave_up = b"could not be stored" if mode == "durable" else b"retrying until it is stored"
             await wait_until(lambda: gave_up in server.log, within=30)
             assert await ready_status(server.url) == 503, "not ready while commits fail"

@@ -19,7 +19,7 @@ from server.delivery import Delivery
 from server.session import Session
 from storage.errors import StorageUnavailableError
 from storage.records import HistoryQuery, NewMessage, RoomRecord, StoredMessage
-from storage.sqlite import SqliteEngine
+from storage.sqlite.engine import SqliteEngine
 
 ROOM = "room-1"
 OTHER = "room-2"

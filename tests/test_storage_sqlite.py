@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from storage import open_storage
 from storage.errors import SchemaTooNewError, StorageClosedError, UnsupportedDatabaseError
+from storage.open import redact
 from storage.records import HistoryQuery, NewMessage, RoomRecord, UserRecord
-from storage.sqlite import SqliteEngine
-from storage.sqlite_schema import SCHEMA_VERSION
-from storage.sqlite_store import SqliteStore
+from storage.sqlite.engine import SqliteEngine
+from storage.sqlite.schema import SCHEMA_VERSION
+from storage.sqlite.store import SqliteStore
 from storage.timefmt import iso_utc
 
 NOW = "2026-01-01T00:00:00.000Z"
@@ -220,6 +221,27 @@ def test_open_storage_urls(tmp_path: Path) -> None:
     assert isinstance(relative, SqliteEngine) and relative.path == "data/x.db"
     with pytest.raises(UnsupportedDatabaseError, match="sqlite:///"):
         open_storage("mysql://localhost/db")
+
+
+def test_engine_options_travel_in_the_url(tmp_path: Path) -> None:
+    tuned = open_storage(f"sqlite:///{tmp_path}/x.db?synchronous=normal&busy_timeout=0.5")
+    assert isinstance(tuned, SqliteEngine)
+    assert (tuned.path, tuned.synchronous, tuned.busy_timeout) == (f"{tmp_path}/x.db", "NORMAL", 0.5)
+    for bad, says in [
+        ("?synchronous=sometimes", "FULL, NORMAL, OFF or EXTRA"),
+        ("?busy_timeout=-1", "seconds"),
+        ("?busy_timeout=1&busy_timeout=2", "twice"),
+        ("?journal=wal", "unknown sqlite database option"),
+    ]:
+        with pytest.raises(UnsupportedDatabaseError, match=says):
+            open_storage(f"sqlite:///{tmp_path}/x.db{bad}")
+
+
+def test_redact_hides_only_the_password() -> None:
+    assert redact("postgresql://chat:s3cret@db.example:5433/minitalk?sslmode=require") == (
+        "postgresql://chat:***@db.example:5433/minitalk?sslmode=require"
+    )
+    assert redact("postgresql://chat@127.0.0.1/minitalk") == "postgresql://chat@127.0.0.1/minitalk"
 
 
 def test_iso_timestamps_match_javascript() -> None:

@@ -14,7 +14,7 @@ import trio
 
 from server.health import Health
 from storage.errors import StorageUnavailableError
-from storage.sqlite import SqliteEngine
+from storage.sqlite.engine import SqliteEngine
 from tests.conftest import RunningServer, bearer, make_config, start_server
 
 # The engine waits this long for the lock before giving up; the test holds it far longer (until released),
@@ -36,7 +36,7 @@ def write_lock_held(db: Path) -> Iterator[None]:
 
 @pytest.fixture
 async def locked_server(nursery: trio.Nursery, db_path: Path) -> AsyncIterator[RunningServer]:
-    config = make_config(db_path, sqlite_busy_timeout=BUSY_TIMEOUT_S, storage_retry_after=3)
+    config = make_config(db_path, database=f"sqlite:///{db_path}?busy_timeout={BUSY_TIMEOUT_S}", storage_retry_after=3)
     server = await start_server(nursery, config)
     yield server
     await server.stop()

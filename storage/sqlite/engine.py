@@ -18,8 +18,8 @@ import trio
 
 from storage.errors import StorageClosedError, StorageUnavailableError
 from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
-from storage.sqlite_store import SqliteReader, SqliteStore, Synchronous
-from storage.worker import WorkerThread
+from storage.sqlite.store import SqliteReader, SqliteStore, Synchronous
+from storage.sqlite.worker import WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ class SqliteEngine:
 
     def __init__(self, path: str, *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0) -> None:
         self.path = path
-        self._synchronous: Synchronous = synchronous
-        self._busy_timeout = busy_timeout
+        self.synchronous: Synchronous = synchronous
+        self.busy_timeout = busy_timeout
         self._thread = WorkerThread("sqlite-storage")
         self._store: SqliteStore | None = None
         # Reads beside the writer (see SqliteReader); an in-memory database has one connection only.
@@ -48,7 +48,7 @@ class SqliteEngine:
             await nursery.start(self._thread.run)
             try:
                 self._store = await self._call(
-                    partial(SqliteStore, self.path, synchronous=self._synchronous, busy_timeout=self._busy_timeout)
+                    partial(SqliteStore, self.path, synchronous=self.synchronous, busy_timeout=self.busy_timeout)
                 )
                 log.info(
                     "sqlite storage open at %s (schema version %d found)",
@@ -57,7 +57,7 @@ class SqliteEngine:
                 )
                 if self._reader_thread is not None:
                     await nursery.start(self._reader_thread.run)
-                    self._reader = await self._read(partial(SqliteReader, self.path, busy_timeout=self._busy_timeout))
+                    self._reader = await self._read(partial(SqliteReader, self.path, busy_timeout=self.busy_timeout))
                 if self._store.seq_skipped:
                     log.warning(
                         "the last fast-mode run did not stop cleanly: every room's seq skips %d, so no seq a member"

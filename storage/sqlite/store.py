@@ -15,8 +15,9 @@ from typing import Literal
 
 import msgspec
 
+from storage.assign import ROW_COLUMNS, BatchAssigner, IdempotencyKey, idempotency_key
 from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
-from storage.sqlite_schema import migrate, transaction
+from storage.sqlite.schema import migrate, transaction
 from storage.timefmt import iso_utc
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -42,7 +43,7 @@ class SqliteStore:
     def __init__(self, path: str, *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0) -> None:
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see sqlite_schema.transaction).
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (see schema.transaction).
         # check_same_thread=False: the connection is created on the worker thread's caller at open time
         # only in tests; in the engine every call, open included, happens on the worker thread.
         # timeout: how long a statement waits for another connection's lock before "database is locked".
@@ -201,24 +202,23 @@ class SqliteStore:
     def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
         saved_counters = dict(self._last_seq)
         saved_pk = self._next_pk
-        created_at = iso_utc(time.time())  # one commit, one commit time
         try:
             with transaction(self._conn) as conn:
-                prior = self._prior_sends(conn, batch)
-                rows: list[tuple[object, ...]] = []
-                results = [self._assign(m, created_at, prior, rows) for m in batch]
+                assigner = BatchAssigner(
+                    self._last_seq,
+                    created_at=iso_utc(time.time()),  # one commit, one commit time
+                    next_pk=self._take_pk,
+                    prior=self._prior_sends(conn, batch),
+                )
+                results = [assigner.assign(m) for m in batch]
                 # One executemany for the batch: the per-row cost stays in SQLite's C code.
                 conn.executemany(
-                    "INSERT INTO messages (id, room_id, seq, sender, content, ts_ms, timestamp, created_at,"
-                    " client_msg_id, pk) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+                    f"INSERT INTO messages ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})",
+                    assigner.rows,
                 )
-                touched = {
-                    m.room_id for m in batch if self._last_seq.get(m.room_id, 0) != saved_counters.get(m.room_id, 0)
-                }
                 conn.executemany(
                     "UPDATE rooms SET last_seq = ? WHERE room_id = ?",
-                    [(self._last_seq[room_id], room_id) for room_id in touched],
+                    [(self._last_seq[room_id], room_id) for room_id in assigner.touched],
                 )
         except BaseException:
             self._last_seq = saved_counters  # nothing was committed: hand the seqs out again
@@ -226,12 +226,17 @@ class SqliteStore:
             raise
         return results
 
+    def _take_pk(self) -> int:
+        pk = self._next_pk
+        self._next_pk += 1
+        return pk
+
     def _prior_sends(
         self, conn: sqlite3.Connection, batch: Sequence[NewMessage]
-    ) -> dict[tuple[str, str, str], StoredMessage]:
+    ) -> dict[IdempotencyKey, StoredMessage]:
         """Messages already stored under the batch's (room, sender, clientMsgId) keys: one query per chunk."""
-        keys = list({(m.room_id, m.sender, m.client_msg_id) for m in batch if m.client_msg_id is not None})
-        found: dict[tuple[str, str, str], StoredMessage] = {}
+        keys = list({key for m in batch if (key := idempotency_key(m)) is not None})
+        found: dict[IdempotencyKey, StoredMessage] = {}
         for start in range(0, len(keys), _KEYS_PER_QUERY):
             chunk = keys[start : start + _KEYS_PER_QUERY]
             values = ", ".join(["(?, ?, ?)"] * len(chunk))
@@ -242,39 +247,10 @@ class SqliteStore:
             )
             for row in cursor:
                 stored = _message(row)
-                if stored.client_msg_id is not None:  # always, by the join
-                    found[(stored.room_id, stored.sender, stored.client_msg_id)] = stored
+                key = idempotency_key(stored)
+                if key is not None:  # always, by the join
+                    found[key] = stored
         return found
-
-    def _assign(
-        self,
-        m: NewMessage,
-        created_at: str,
-        prior: dict[tuple[str, str, str], StoredMessage],
-        rows: list[tuple[object, ...]],
-    ) -> Appended:
-        """The message's seq and stored form (its row goes to ``rows``), or the earlier send it repeats."""
-        last = self._last_seq.get(m.room_id)
-        if last is None:
-            return Appended(message=None)  # the room was deleted while the message waited
-        key = None if m.client_msg_id is None else (m.room_id, m.sender, m.client_msg_id)
-        if key is not None and key in prior:
-            if m.seq is not None:
-                # A fast-mode repeat broadcast under a seq of its own before storage could say it is one: that
-                # seq stays unused, and the counter moves past it so no later message is given it.
-                self._last_seq[m.room_id] = max(last, m.seq)
-            return Appended(message=prior[key], duplicate=True)  # stored before, or earlier in this batch
-        seq = last + 1 if m.seq is None else m.seq
-        pk = self._next_pk
-        self._next_pk += 1
-        rows.append(
-            (m.id, m.room_id, seq, m.sender, m.content, m.timestamp_ms, m.timestamp, created_at, m.client_msg_id, pk)
-        )
-        self._last_seq[m.room_id] = max(last, seq)
-        stored = StoredMessage(m.id, m.room_id, seq, m.sender, m.content, m.timestamp, created_at, m.client_msg_id, pk)
-        if key is not None:
-            prior[key] = stored
-        return Appended(message=stored)
 
     def history(self, q: HistoryQuery) -> list[StoredMessage]:
         return read_history(self._conn, q)

@@ -17,36 +17,17 @@ from __future__ import annotations
 import contextlib
 import queue
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import outcome
 import trio
 
 from storage.errors import StorageClosedError
+from storage.pending import Pending
 
 T = TypeVar("T")
 
 _STOP = object()
-
-
-class Pending(Generic[T]):
-    """The eventual result of one submitted job."""
-
-    __slots__ = ("_done", "_outcome")
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._outcome: outcome.Outcome[T] | None = None
-
-    def _finish(self, result: outcome.Outcome[T]) -> None:
-        self._outcome = result
-        self._done.set()
-
-    async def wait(self) -> T:
-        """Wait for the job. Cancelling the wait does not cancel the job: it has been submitted."""
-        await self._done.wait()
-        assert self._outcome is not None
-        return self._outcome.unwrap()
 
 
 class WorkerThread:

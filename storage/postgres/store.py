@@ -1,0 +1,278 @@
+"""The PostgreSQL statements: asyncio coroutines on one asyncpg connection each, no Trio here.
+
+The engine (``storage/postgres/engine.py``) runs them on asyncio's side of the bridge: writes on its one
+writer connection, in submission order; reads on a pooled connection. Each function is one job: one
+crossing of the bridge, however many statements it sends.
+
+Group commit (``append_messages``), one transaction:
+1. lock the batch's room rows in id order (``FOR UPDATE``) and read their ``last_seq``: seqs are assigned
+   from the stored counter inside the transaction, so they continue after a restart and no other writer
+   can hand out the same seq;
+2. read the rows already stored under the batch's message ids (a batch retried after a commit whose answer
+   was lost) and idempotency keys, and let :class:`~storage.assign.BatchAssigner` decide (the rules both
+   engines share);
+3. COPY the new rows into a temporary staging table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``:
+   COPY is the cheapest way into PostgreSQL for many rows, and the conflict clause means a row that is
+   somehow stored already is never stored twice (the inserted count is checked, so it is never hidden);
+4. write the rooms' new ``last_seq``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import asyncpg
+
+from storage.assign import ROW_COLUMNS, BatchAssigner, IdempotencyKey, idempotency_key
+from storage.errors import StorageError
+from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
+from storage.timefmt import iso_utc
+
+_MESSAGE_COLUMNS = "id, room_id, seq, sender, content, timestamp, created_at, client_msg_id, pk"
+_QUALIFIED_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))
+_ROW_COLUMNS = ", ".join(ROW_COLUMNS)
+_FAST_RUN_KEY = "fast_run_seq_gap"
+_STAGING = "message_staging"
+
+
+class UnexpectedConflictError(StorageError):
+    """A row the batch's own lookups said was new conflicted on insert: rolled back, a bug to report."""
+
+
+def _message(row: asyncpg.Record) -> StoredMessage:
+    return StoredMessage(*tuple(row))
+
+
+def _count(status: str) -> int:
+    """Rows affected, from a command status such as ``DELETE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+async def prepare_writer(conn: asyncpg.Connection) -> None:
+    """Per writer connection: the staging table group commit copies into (emptied at every commit)."""
+    await conn.execute(
+        f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGING} (LIKE messages INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+
+
+async def check_writable(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('ready_probe', 1) ON CONFLICT (key) DO UPDATE SET value = meta.value + 1"
+    )
+
+
+# -- the fast-mode crash marker (see storage/engine.py) ---------------------------------------------------
+async def begin_fast_run(conn: asyncpg.Connection, seq_gap: int) -> None:
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        _FAST_RUN_KEY,
+        seq_gap,
+    )
+
+
+async def end_fast_run(conn: asyncpg.Connection) -> None:
+    await conn.execute("DELETE FROM meta WHERE key = $1", _FAST_RUN_KEY)
+
+
+async def skip_seqs_after_unclean_fast_run(conn: asyncpg.Connection) -> int:
+    """At open: if the last fast-mode run did not end cleanly, move every room's counter past what it may have
+    handed out unstored. Returns the gap skipped (0: nothing to do)."""
+    async with conn.transaction():
+        gap = await conn.fetchval("DELETE FROM meta WHERE key = $1 RETURNING value", _FAST_RUN_KEY)
+        if gap is None:
+            return 0
+        await conn.execute("UPDATE rooms SET last_seq = last_seq + $1", gap)
+        return int(gap)
+
+
+# -- users ---------------------------------------------------------------------------------------------
+async def insert_users(conn: asyncpg.Connection, users: Sequence[UserRecord]) -> list[bool]:
+    # One statement for the batch; a username taken before (or earlier in the batch) inserts nothing.
+    inserted = {
+        row[0]
+        for row in await conn.fetch(
+            "INSERT INTO users (id, username, password_hash, created_at, updated_at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+            " ON CONFLICT (username) DO NOTHING RETURNING id",
+            [u.id for u in users],
+            [u.username for u in users],
+            [u.password_hash for u in users],
+            [u.created_at for u in users],
+            [u.updated_at for u in users],
+        )
+    }
+    return [u.id in inserted for u in users]
+
+
+async def get_users(conn: asyncpg.Connection, usernames: Sequence[str]) -> dict[str, UserRecord]:
+    rows = await conn.fetch(
+        "SELECT id, username, password_hash, created_at, updated_at FROM users WHERE username = ANY($1::text[])",
+        list(dict.fromkeys(usernames)),
+    )
+    return {row[1]: UserRecord(*tuple(row)) for row in rows}
+
+
+async def delete_all_users(conn: asyncpg.Connection) -> int:
+    return _count(await conn.execute("DELETE FROM users"))
+
+
+# -- rooms ---------------------------------------------------------------------------------------------
+async def load_rooms(conn: asyncpg.Connection) -> list[RoomRecord]:
+    rows = await conn.fetch(
+        "SELECT room_id, name, participants, created_by, created_at, updated_at, last_seq FROM rooms ORDER BY pk"
+    )
+    return [RoomRecord(r[0], r[1], tuple(r[2]), r[3], r[4], r[5], int(r[6])) for r in rows]
+
+
+async def insert_rooms(conn: asyncpg.Connection, rooms: Sequence[RoomRecord]) -> None:
+    async with conn.transaction():
+        await conn.executemany(
+            "INSERT INTO rooms (room_id, name, participants, created_by, created_at, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            [(r.room_id, r.name, list(r.participants), r.created_by, r.created_at, r.updated_at) for r in rooms],
+        )
+
+
+async def set_participants(
+    conn: asyncpg.Connection, room_id: str, participants: Sequence[str], updated_at: str
+) -> None:
+    await conn.execute(
+        "UPDATE rooms SET participants = $1, updated_at = $2 WHERE room_id = $3",
+        list(participants),
+        updated_at,
+        room_id,
+    )
+
+
+async def delete_room(conn: asyncpg.Connection, room_id: str) -> None:
+    async with conn.transaction():
+        await conn.execute("DELETE FROM messages WHERE room_id = $1", room_id)
+        await conn.execute("DELETE FROM rooms WHERE room_id = $1", room_id)
+
+
+# -- messages ------------------------------------------------------------------------------------------
+async def append_messages(conn: asyncpg.Connection, batch: Sequence[NewMessage]) -> list[Appended]:
+    """Group commit: see the module docstring."""
+    async with conn.transaction():
+        rooms = sorted({m.room_id for m in batch})  # id order: two writers lock shared rooms in the same order
+        counters = await conn.fetch(
+            "SELECT room_id, last_seq FROM rooms WHERE room_id = ANY($1::text[]) ORDER BY room_id FOR UPDATE", rooms
+        )
+        last_seq = {row[0]: int(row[1]) for row in counters}
+        stored_ids = {
+            row[0]: _message(row)
+            for row in await conn.fetch(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::text[])", [m.id for m in batch]
+            )
+        }
+        # Enough pks for every message, in ascending order: within a room pk and seq rise together. Values a
+        # repeat does not use are skipped for good; a pk only has to be unique and rising, not gap-free.
+        pks = iter(
+            sorted(
+                row[0]
+                for row in await conn.fetch("SELECT nextval('messages_pk_seq') FROM generate_series(1, $1)", len(batch))
+            )
+        )
+        assigner = BatchAssigner(
+            last_seq,
+            created_at=iso_utc(time.time()),  # one commit, one commit time
+            next_pk=pks.__next__,
+            prior=await _prior_sends(conn, batch),
+            stored_ids=stored_ids,
+        )
+        results = [assigner.assign(m) for m in batch]
+        if assigner.rows:
+            await conn.copy_records_to_table(_STAGING, records=assigner.rows, columns=ROW_COLUMNS)
+            inserted = await conn.fetchval(
+                f"WITH inserted AS (INSERT INTO messages ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM {_STAGING}"
+                " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM inserted"
+            )
+            if inserted != len(assigner.rows):
+                raise UnexpectedConflictError(
+                    f"{len(assigner.rows) - inserted} of {len(assigner.rows)} new messages conflicted with stored"
+                    " rows; the batch was rolled back"
+                )
+        if assigner.touched:
+            touched = sorted(assigner.touched)
+            await conn.execute(
+                "UPDATE rooms SET last_seq = v.last_seq FROM unnest($1::text[], $2::bigint[]) AS v(room_id, last_seq)"
+                " WHERE rooms.room_id = v.room_id",
+                touched,
+                [last_seq[room_id] for room_id in touched],
+            )
+    return results
+
+
+async def _prior_sends(conn: asyncpg.Connection, batch: Sequence[NewMessage]) -> dict[IdempotencyKey, StoredMessage]:
+    """Messages already stored under the batch's (room, sender, clientMsgId) keys: one query."""
+    keys = list({key for m in batch if (key := idempotency_key(m)) is not None})
+    if not keys:
+        return {}
+    rows = await conn.fetch(
+        f"SELECT {_QUALIFIED_COLUMNS} FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room_id, sender, cmid)"
+        " JOIN messages m ON m.room_id = k.room_id AND m.sender = k.sender AND m.client_msg_id = k.cmid",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+    )
+    found: dict[IdempotencyKey, StoredMessage] = {}
+    for row in rows:
+        stored = _message(row)
+        key = idempotency_key(stored)
+        if key is not None:  # always, by the join
+            found[key] = stored
+    return found
+
+
+async def history(conn: asyncpg.Connection, q: HistoryQuery) -> list[StoredMessage]:
+    """One page of a room's history (see :class:`HistoryQuery`): a range scan on ``(room_id, seq)``."""
+    where = ["room_id = $1"]
+    args: list[object] = [q.room_id]
+    for clause, value in (("seq > ", q.after_seq), ("seq < ", q.before_seq), ("ts_ms > ", q.since_ms)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{clause}${len(args)}")
+    args.append(q.limit)
+    # Forward paging reads the oldest rows after the cursor; otherwise the newest, then reverses.
+    direction = "ASC" if q.after_seq is not None else "DESC"
+    rows = await conn.fetch(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(where)}"
+        f" ORDER BY seq {direction} LIMIT ${len(args)}",
+        *args,
+    )
+    messages = [_message(r) for r in rows]
+    if direction == "DESC":
+        messages.reverse()
+    return messages
+
+
+async def cursors_at(conn: asyncpg.Connection, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+    """Each room's last seq among messages with a pk up to ``pk`` (0 where none): one index walk per room."""
+    rows = await conn.fetch(
+        "SELECT r.room_id, coalesce((SELECT m.seq FROM messages m WHERE m.room_id = r.room_id AND m.pk <= $2"
+        " ORDER BY m.seq DESC LIMIT 1), 0) FROM unnest($1::text[]) AS r(room_id)",
+        list(room_ids),
+        pk,
+    )
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def log_head(conn: asyncpg.Connection) -> int:
+    """The highest pk handed out (0 for an empty log). Asked on the writer, after every queued commit."""
+    value = await conn.fetchval("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM messages_pk_seq")
+    return int(value)
+
+
+async def recent_idempotent_sends(conn: asyncpg.Connection, limit: int) -> list[StoredMessage]:
+    rows = await conn.fetch(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE client_msg_id IS NOT NULL ORDER BY pk DESC LIMIT $1", limit
+    )
+    return [_message(r) for r in reversed(rows)]
+
+
+async def delete_all_messages(conn: asyncpg.Connection) -> tuple[int, int]:
+    async with conn.transaction():
+        rooms = await conn.fetchval("SELECT count(DISTINCT room_id) FROM messages")
+        deleted = _count(await conn.execute("DELETE FROM messages"))
+    return deleted, int(rooms)
