@@ -8,8 +8,8 @@ The contract every engine keeps (the rest of the server relies on each line):
 
 - **Order.** Writes are applied in the order their calls were made on the event loop, even when calls come
   from many tasks: the room registry changes memory and submits the write with no await in between, so the
-  database sees mutations in memory's order. (SQLite: one writer thread fed by a FIFO. An engine with a
-  connection pool must keep one writer, or another way to keep submission order.)
+  database sees mutations in memory's order. (SQLite: one writer thread fed by a FIFO; PostgreSQL: one writer
+  connection fed by a FIFO, reads on a pool beside it. A pool for writes would break this order.)
 - **Reads beside writes.** ``history``, ``cursors_at`` and the other reads may run beside a commit and never
   wait for its fsync; each read sees every commit that finished before it started.
 - **Seq.** ``append_messages`` gives each room's messages ``seq`` = the room's last + 1 in batch order, inside
@@ -21,8 +21,11 @@ The contract every engine keeps (the rest of the server relies on each line):
   batch comes back as the stored row with ``duplicate`` set and writes nothing.
 - **Atomic batches.** ``append_messages`` stores the whole batch in one transaction or nothing. A failed call
   leaves counters as they were, so the same batch may be retried as it is (the batcher does).
+- **Retries never duplicate.** A call can fail after its commit reached the database (PostgreSQL: the
+  connection lost before the answer arrived). Retried, the batch finds its messages by ``id`` and returns the
+  stored rows as they are (not ``duplicate``: they were never answered), storing nothing twice.
 - **Failures.** A call the database refuses for now (another writer holds the lock past the busy timeout, the
-  disk is full, an I/O error) raises :class:`~storage.errors.StorageUnavailableError` and changes nothing:
+  disk is full, an I/O error; the server restarting or unreachable, the connection lost, a timeout) raises :class:`~storage.errors.StorageUnavailableError` and changes nothing:
   the caller may retry. Any other failure is a :class:`~storage.errors.StorageError` or a bug. Engines never
   let their driver's exceptions escape for such conditions.
 - **Fast-run marker.** Between ``begin_fast_run(gap)`` and ``end_fast_run``, an engine that is opened again

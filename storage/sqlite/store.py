@@ -209,6 +209,7 @@ class SqliteStore:
                     created_at=iso_utc(time.time()),  # one commit, one commit time
                     next_pk=self._take_pk,
                     prior=self._prior_sends(conn, batch),
+                    stored_ids=self._stored_ids(conn, batch),
                 )
                 results = [assigner.assign(m) for m in batch]
                 # One executemany for the batch: the per-row cost stays in SQLite's C code.
@@ -230,6 +231,18 @@ class SqliteStore:
         pk = self._next_pk
         self._next_pk += 1
         return pk
+
+    def _stored_ids(self, conn: sqlite3.Connection, batch: Sequence[NewMessage]) -> dict[str, StoredMessage]:
+        """Messages of the batch stored already: a batch retried after a commit that reported failure but
+        reached the disk must not store them again (the engine contract's retry rule)."""
+        ids = [m.id for m in batch]
+        found: dict[str, StoredMessage] = {}
+        for start in range(0, len(ids), _KEYS_PER_QUERY):
+            chunk = ids[start : start + _KEYS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN ({marks})", chunk):
+                found[row[0]] = _message(row)
+        return found
 
     def _prior_sends(
         self, conn: sqlite3.Connection, batch: Sequence[NewMessage]
