@@ -237,7 +237,10 @@ class PgCluster:
 
     def _prepare_dir(self) -> None:
         fresh = not self.data_dir.exists()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PgClusterError(f"cannot create the data directory {self.data_dir}: {exc}") from exc
         if self._owner is None:
             return
         if fresh or not any(self.data_dir.iterdir()):
