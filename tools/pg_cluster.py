@@ -260,17 +260,19 @@ class PgCluster:
         result = self._tool([*args, "--no-instructions"], as_owner=True)
         if result.returncode != 0:
             raise PgClusterError(f"initdb failed for {self.data_dir}:\n{_output(result)}")
-        # Our settings live in their own file, rewritten at each start; postgresql.conf stays initdb's.
-        with (self.data_dir / "postgresql.conf").open("a") as conf:
-            conf.write(
-                f"\n# tools/pg_cluster.py: listen address, port, socket directory\ninclude = '{SETTINGS_FILE}'\n"
-            )
 
     def _write_settings(self, port: int) -> None:
         socket_dir = str(self.data_dir)
         # Too long a socket path is fatal at start; we connect over TCP only, so go without the socket then.
         if len(f"{socket_dir}/.s.PGSQL.{port}".encode()) > MAX_SOCKET_PATH:
             socket_dir = ""
+        # Our settings live in their own file, rewritten at each start; postgresql.conf only includes it (the
+        # include is added to a cluster that this tool did not create, too: without it our port would not apply).
+        conf = self.data_dir / "postgresql.conf"
+        include = f"include = '{SETTINGS_FILE}'"
+        if include not in conf.read_text():
+            with conf.open("a") as f:
+                f.write(f"\n# tools/pg_cluster.py: listen address, port, socket directory\n{include}\n")
         settings = self.data_dir / SETTINGS_FILE
         settings.write_text(
             "# Written by tools/pg_cluster.py at every start: edits here are overwritten.\n"
@@ -357,6 +359,11 @@ def _running_port(data_dir: Path) -> int | None:
         return None
     except PermissionError:
         pass  # alive, and someone else's: a non-root caller looking at the postgres user's server
+    # After a reboot or in a restarted container the file's pid may belong to another program by now:
+    # taking that for a running server would wait in vain, and pg_ctl stop would signal a stranger.
+    with contextlib.suppress(OSError):  # no /proc (not Linux): trust the pid
+        if Path(f"/proc/{pid}/comm").read_text().strip() not in ("postgres", "postmaster"):
+            return None
     return port
 
 
@@ -454,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PostgresUnavailable, PgClusterError) as exc:
         print(f"pg_cluster: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT  # Ctrl-C while starting up (serve has stopped its cluster in its finally)
 
 
 if __name__ == "__main__":
