@@ -8,7 +8,7 @@ PY27     ?= $(HOME)/.pyenv/versions/2.7.18/bin/python
 AB_VENV  ?= .autobahn-venv
 AB_STAMP := $(AB_VENV)/.installed
 
-.PHONY: run test lint typecheck unit clean autobahn
+.PHONY: run run-postgres test lint typecheck unit clean autobahn
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 ## Install everything and start the server on 127.0.0.1:4000 (Ctrl-C stops it gracefully).
 run: $(STAMP)
 	$(BIN)/python -m server $(ARGS)
+
+## The same on PostgreSQL: a local cluster in ./data/pg (created on first use, 127.0.0.1 only), the server with
+## DATABASE_URL pointing at it; Ctrl-C stops both. PG_ARGS="--port 5433" if 5432 is taken. README: "On PostgreSQL".
+run-postgres: $(STAMP)
+	$(BIN)/python -m tools.pg_cluster serve --data ./data/pg $(PG_ARGS) -- $(BIN)/python -m server $(ARGS)
 
 ## Install everything and run the whole suite: lint, type check, tests.
 test: $(STAMP) lint typecheck unit

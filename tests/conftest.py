@@ -15,6 +15,9 @@ import trio
 from server.config import Config
 from server.service import MinitalkServer
 
+# postgres_cluster (one per session) and pg_url (a fresh database per test).
+pytest_plugins = ["tests.pg_fixtures"]
+
 # bcrypt's cheapest cost: tests that are not about the cost itself should not spend seconds hashing.
 FAST_BCRYPT = 4
 
