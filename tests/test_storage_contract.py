@@ -321,6 +321,7 @@ async def test_a_failed_batch_stores_nothing_and_may_be_sent_again(engine: Stora
     assert await everything(engine, "r1") == [before]
     assert await everything(engine, "r2") == []
     assert await last_seqs(engine) == {"r1": 1, "r2": 0}
+    assert await engine.log_head() == before.pk
 
     retry = stored(await engine.append_messages([msg("r2", cmid="c-1"), clash, msg("r1")]))
     assert [(m.room_id, m.seq) for m in retry] == [("r2", 1), ("r1", 2), ("r1", 3)]  # the same seqs handed out again
@@ -492,13 +493,46 @@ async def test_delete_all_messages_counts_and_seq_never_goes_back(engines: Engin
     assert await last_seqs(engine) == {"r1": 3, "r2": 2, "r3": 0}
     assert [m.seq for m in stored(await engine.append_messages([msg("r1")]))] == [4]
 
+    head = await engine.log_head()
+    assert await engine.delete_all_messages() == (1, 1)
+
     engine = await engines.restart(engine)
+    assert await engine.log_head() == head  # every message is gone, and the head is where it was
     assert await last_seqs(engine) == {"r1": 4, "r2": 2, "r3": 0}
-    assert [m.seq for m in stored(await engine.append_messages([msg("r2"), msg("r1")]))] == [3, 5]
-    assert await engine.delete_all_messages() == (3, 2)
+    rows = stored(await engine.append_messages([msg("r2"), msg("r1")]))
+    assert [m.seq for m in rows] == [3, 5]
+    assert head < rows[0].pk < rows[1].pk
 
 
 # -- order -----------------------------------------------------------------------------------------------
+async def test_writes_from_many_tasks_are_applied_in_call_order(engine: StorageEngine) -> None:
+    """A write's place is fixed when it is called, not when it is awaited: the room registry changes memory, then
+    calls the engine with no await in between, and the database must see the same order."""
+    await engine.insert_rooms([room("r1"), room("r2")])
+    called: list[NewMessage] = []
+    participants: list[list[str]] = []
+
+    async def send(n: int) -> None:
+        m = msg("r2" if n % 3 == 0 else "r1")
+        called.append(m)  # no checkpoint between this and the engine's call
+        await engine.append_messages([m])
+
+    async def set_members(n: int) -> None:
+        members = [f"u{n}", "alice"]
+        participants.append(members)
+        await engine.set_participants("r2", members, NOW)
+
+    async with trio.open_nursery() as tasks:
+        for n in range(60):
+            tasks.start_soon(send if n % 4 else set_members, n)
+    for room_id in ("r1", "r2"):
+        assert [m.id for m in await everything(engine, room_id)] == [m.id for m in called if m.room_id == room_id]
+    rows = [m for room_id in ("r1", "r2") for m in await everything(engine, room_id)]
+    assert [m.id for m in sorted(rows, key=lambda m: m.pk)] == [m.id for m in called]  # pks in call order too
+    [r2] = [r for r in await engine.load_rooms() if r.room_id == "r2"]
+    assert list(r2.participants) == participants[-1]
+
+
 async def test_appends_from_many_tasks_get_gap_free_seqs_in_pk_order(engine: StorageEngine) -> None:
     await engine.insert_rooms([room("r1"), room("r2")])
     got: list[StoredMessage] = []
