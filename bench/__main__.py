@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, help="messages/s (every scenario but the presets and smoke)")
     run.add_argument("--members", type=int, help="room size, for fanout and slow-consumer")
     run.add_argument("--mode", choices=["durable", "fast"], default="durable", help="our server's delivery mode")
+    run.add_argument(
+        "--database",
+        help="our server's DATABASE_URL (default: a fresh temporary SQLite file); a loopback PostgreSQL URL"
+        " benchmarks the PostgreSQL engine (its database is used as it is: give an empty one)",
+    )
     run.add_argument("--url", help="benchmark a running server at this loopback URL instead of starting one")
     run.add_argument("--pid", type=int, help="with --url: the server's pid, for CPU and RSS samples")
     run.add_argument("--workers", type=int, help="load-generator processes (default: one per client core)")
@@ -165,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "stress":
         return run_stress(args, command)
     scenario = _by_name(args)
-    server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
+    server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode, database=args.database)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     stem = f"{stamp}-{scenario.name}-{args.mode if not args.url else 'external'}"
     try:
@@ -252,7 +257,7 @@ def start_target(name: str) -> target.Target:
 
 
 def run_stress(args: argparse.Namespace, command: str) -> int:
-    server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode)
+    server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode, database=args.database)
     try:
         base = scenarios.by_name(args.shape, members=args.members, polling_share=args.polling_share)
         ramp = stress.ramp(

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
+from storage.open import redact, sqlite_path
+
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
 
@@ -92,9 +94,12 @@ def pinned_cores(cores: list[int]) -> list[int] | None:
     return cores if pin_prefix(cores) else None
 
 
-def start_ours(mode: str, *, extra_args: list[str] | None = None) -> Target:
-    """``python -m server`` on a free port with a fresh temporary database, pinned with taskset."""
+def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str | None = None) -> Target:
+    """``python -m server`` on a free port, pinned with taskset; on ``database``, or a fresh temporary SQLite
+    file when None."""
     workdir = tempfile.mkdtemp(prefix="minitalk-bench-")
+    if database is not None:
+        check_loopback_database(database)
     cores, _ = server_cores()
     args = [
         sys.executable,
@@ -103,7 +108,7 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None) -> Target:
         "--port",
         "0",
         "--database",
-        f"sqlite:///{workdir}/bench.db",
+        database or f"sqlite:///{workdir}/bench.db",
         "--delivery-mode",
         mode,
         "--log-level",
@@ -121,7 +126,7 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None) -> Target:
     port = _wait_for_port(Path(workdir) / "server.log", proc)
     settings: dict[str, object] = {
         "delivery_mode": mode,
-        "database": "sqlite (temporary file)",
+        "database": redact(database) if database else "sqlite (temporary file)",
         "pinned_cores": pinned_cores(cores),
         "args": args[3:],
     }
@@ -145,6 +150,15 @@ def _wait_for_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30
             raise TargetError(f"server exited before listening:\n{text[-2000:]}")
         time.sleep(0.05)
     raise TargetError("server did not start listening within 30 s")
+
+
+def check_loopback_database(url: str) -> None:
+    """Benchmarks talk to loopback only: a database URL naming another host is refused."""
+    if sqlite_path(url) is not None:
+        return
+    host = urlsplit(url).hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise TargetError(f"benchmark databases must be on loopback, not {host!r}")
 
 
 def external(url: str, pid: int | None = None) -> Target:

@@ -25,7 +25,8 @@ The contract every engine keeps (the rest of the server relies on each line):
   connection lost before the answer arrived). Retried, the batch finds its messages by ``id`` and returns the
   stored rows as they are (not ``duplicate``: they were never answered), storing nothing twice.
 - **Failures.** A call the database refuses for now (another writer holds the lock past the busy timeout, the
-  disk is full, an I/O error; the server restarting or unreachable, the connection lost, a timeout) raises :class:`~storage.errors.StorageUnavailableError` and changes nothing:
+  disk is full, an I/O error; the server restarting or unreachable, the connection lost, a timeout) raises
+  :class:`~storage.errors.StorageUnavailableError` and changes nothing:
   the caller may retry. Any other failure is a :class:`~storage.errors.StorageError` or a bug. Engines never
   let their driver's exceptions escape for such conditions.
 - **Fast-run marker.** Between ``begin_fast_run(gap)`` and ``end_fast_run``, an engine that is opened again

@@ -68,12 +68,12 @@ def test_idempotency_lookup_covers_batches_bigger_than_one_query(store: SqliteSt
     batch = [message("r1", n, sender=("alice", "bob")[n % 2], client_msg_id=f"c-{n}") for n in range(1200)]
     first = store.append_messages(batch)
     assert [r.message.seq for r in first if r.message] == list(range(1, 1201))
-    # Repeats: new message ids under the stored (room, sender, clientMsgId) keys.
-    repeats = [message("r1", n, sender=m.sender, client_msg_id=m.client_msg_id) for n, m in enumerate(batch)]
-    repeated = store.append_messages([*repeats[::-1], message("r1", 1200, client_msg_id="new")])
-    assert all(r.duplicate for r in repeated[:-1])
-    assert [r.message for r in repeated[:-1]] == [r.message for r in first[::-1]]
-    assert not repeated[-1].duplicate and repeated[-1].message is not None and repeated[-1].message.seq == 1201
+    # The clients send again: new messages (new ids) under the same clientMsgIds.
+    again = [message("r1", n, sender=("alice", "bob")[n % 2], client_msg_id=f"c-{n}") for n in reversed(range(1200))]
+    retried = store.append_messages([*again, message("r1", 1200, client_msg_id="new")])
+    assert all(r.duplicate for r in retried[:-1])
+    assert [r.message for r in retried[:-1]] == [r.message for r in first[::-1]]
+    assert not retried[-1].duplicate and retried[-1].message is not None and retried[-1].message.seq == 1201
     # A retry: the very same messages (ids) come back as they were stored, not as duplicates.
     assert store.append_messages(batch) == first
 

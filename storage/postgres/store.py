@@ -5,16 +5,16 @@ writer connection, in submission order; reads on a pooled connection. Each funct
 crossing of the bridge, however many statements it sends.
 
 Group commit (``append_messages``), one transaction:
-1. lock the batch's room rows in id order (``FOR UPDATE``) and read their ``last_seq``: seqs are assigned
-   from the stored counter inside the transaction, so they continue after a restart and no other writer
-   can hand out the same seq;
+1. lock the batch's room rows in id order (``FOR UPDATE``) and read their ``last_seq``, and take the batch's
+   pks from the sequence: seqs are assigned from the stored counter inside the transaction, so they
+   continue after a restart and no other writer can hand out the same seq;
 2. read the rows already stored under the batch's message ids (a batch retried after a commit whose answer
    was lost) and idempotency keys, and let :class:`~storage.assign.BatchAssigner` decide (the rules both
    engines share);
-3. COPY the new rows into a temporary staging table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``:
-   COPY is the cheapest way into PostgreSQL for many rows, and the conflict clause means a row that is
-   somehow stored already is never stored twice (the inserted count is checked, so it is never hidden);
-4. write the rooms' new ``last_seq``.
+3. COPY the new rows into a temporary staging table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING`` and
+   the rooms' new ``last_seq`` in one statement: COPY is the cheapest way into PostgreSQL for many rows, and
+   the conflict clause means a row that is somehow stored already is never stored twice (the inserted count
+   is checked, so it is never hidden).
 """
 
 from __future__ import annotations
@@ -164,76 +164,79 @@ async def delete_room(conn: asyncpg.Connection, room_id: str) -> None:
 
 # -- messages ------------------------------------------------------------------------------------------
 async def append_messages(conn: asyncpg.Connection, batch: Sequence[NewMessage]) -> list[Appended]:
-    """Group commit: see the module docstring."""
+    """Group commit: see the module docstring. Six round trips (BEGIN, counters and pks, stored rows, COPY,
+    insert and counters, COMMIT): each one waits for the database's turn on a CPU, so fewer is faster when
+    the server and the database share cores."""
     async with conn.transaction():
-        rooms = sorted({m.room_id for m in batch})  # id order: two writers lock shared rooms in the same order
-        counters = await conn.fetch(
-            "SELECT room_id, last_seq FROM rooms WHERE room_id = ANY($1::text[]) ORDER BY room_id FOR UPDATE", rooms
+        # The room rows locked in id order (two writers lock shared rooms in the same order), their counters,
+        # and enough pks for every message, ascending: within a room pk and seq rise together. A pk a repeat
+        # does not use is skipped for good; pks only have to be unique and rising, not gap-free.
+        locked = await conn.fetchrow(
+            "WITH locked AS (SELECT room_id, last_seq FROM rooms WHERE room_id = ANY($1::text[])"
+            " ORDER BY room_id FOR UPDATE)"
+            " SELECT array(SELECT room_id FROM locked), array(SELECT last_seq FROM locked),"
+            " array(SELECT nextval('messages_pk_seq') FROM generate_series(1, $2))",
+            sorted({m.room_id for m in batch}),
+            len(batch),
         )
-        last_seq = {row[0]: int(row[1]) for row in counters}
-        stored_ids = {
-            row[0]: _message(row)
-            for row in await conn.fetch(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::text[])", [m.id for m in batch]
-            )
-        }
-        # Enough pks for every message, in ascending order: within a room pk and seq rise together. Values a
-        # repeat does not use are skipped for good; a pk only has to be unique and rising, not gap-free.
-        pks = iter(
-            sorted(
-                row[0]
-                for row in await conn.fetch("SELECT nextval('messages_pk_seq') FROM generate_series(1, $1)", len(batch))
-            )
-        )
+        assert locked is not None  # a SELECT without FROM returns one row
+        rooms, counters, pk_values = locked
+        last_seq = dict(zip(rooms, counters, strict=True))
+        stored_ids, prior = await _stored_before(conn, batch)
         assigner = BatchAssigner(
             last_seq,
             created_at=iso_utc(time.time()),  # one commit, one commit time
-            next_pk=pks.__next__,
-            prior=await _prior_sends(conn, batch),
+            next_pk=iter(sorted(pk_values)).__next__,
+            prior=prior,
             stored_ids=stored_ids,
         )
         results = [assigner.assign(m) for m in batch]
         if assigner.rows:
             await conn.copy_records_to_table(_STAGING, records=assigner.rows, columns=ROW_COLUMNS)
-            inserted = await conn.fetchval(
-                f"WITH inserted AS (INSERT INTO messages ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM {_STAGING}"
-                " ON CONFLICT DO NOTHING RETURNING 1) SELECT count(*) FROM inserted"
-            )
-            if inserted != len(assigner.rows):
-                raise UnexpectedConflictError(
-                    f"{len(assigner.rows) - inserted} of {len(assigner.rows)} new messages conflicted with stored"
-                    " rows; the batch was rolled back"
-                )
-        if assigner.touched:
-            touched = sorted(assigner.touched)
-            await conn.execute(
-                "UPDATE rooms SET last_seq = v.last_seq FROM unnest($1::text[], $2::bigint[]) AS v(room_id, last_seq)"
-                " WHERE rooms.room_id = v.room_id",
-                touched,
-                [last_seq[room_id] for room_id in touched],
+        touched = sorted(assigner.touched)
+        # One statement moves the staged rows and writes the counters back (a data-modifying CTE always runs).
+        inserted = await conn.fetchval(
+            f"WITH inserted AS (INSERT INTO messages ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM {_STAGING}"
+            " ON CONFLICT DO NOTHING RETURNING 1),"
+            " counted AS (UPDATE rooms SET last_seq = v.last_seq"
+            " FROM unnest($1::text[], $2::bigint[]) AS v(room_id, last_seq) WHERE rooms.room_id = v.room_id)"
+            " SELECT count(*) FROM inserted",
+            touched,
+            [last_seq[room_id] for room_id in touched],
+        )
+        if inserted != len(assigner.rows):
+            raise UnexpectedConflictError(
+                f"{len(assigner.rows) - inserted} of {len(assigner.rows)} new messages conflicted with stored"
+                " rows; the batch was rolled back"
             )
     return results
 
 
-async def _prior_sends(conn: asyncpg.Connection, batch: Sequence[NewMessage]) -> dict[IdempotencyKey, StoredMessage]:
-    """Messages already stored under the batch's (room, sender, clientMsgId) keys: one query."""
+async def _stored_before(
+    conn: asyncpg.Connection, batch: Sequence[NewMessage]
+) -> tuple[dict[str, StoredMessage], dict[IdempotencyKey, StoredMessage]]:
+    """In one query: the batch's messages stored already (by id: a retry after a lost answer), and the
+    messages stored under its (room, sender, clientMsgId) keys."""
     keys = list({key for m in batch if (key := idempotency_key(m)) is not None})
-    if not keys:
-        return {}
     rows = await conn.fetch(
-        f"SELECT {_QUALIFIED_COLUMNS} FROM unnest($1::text[], $2::text[], $3::text[]) AS k(room_id, sender, cmid)"
+        f"SELECT false, {_MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1::text[])"
+        f" UNION ALL SELECT true, {_QUALIFIED_COLUMNS}"
+        " FROM unnest($2::text[], $3::text[], $4::text[]) AS k(room_id, sender, cmid)"
         " JOIN messages m ON m.room_id = k.room_id AND m.sender = k.sender AND m.client_msg_id = k.cmid",
+        [m.id for m in batch],
         [k[0] for k in keys],
         [k[1] for k in keys],
         [k[2] for k in keys],
     )
-    found: dict[IdempotencyKey, StoredMessage] = {}
+    by_id: dict[str, StoredMessage] = {}
+    by_key: dict[IdempotencyKey, StoredMessage] = {}
     for row in rows:
-        stored = _message(row)
-        key = idempotency_key(stored)
-        if key is not None:  # always, by the join
-            found[key] = stored
-    return found
+        stored = StoredMessage(*tuple(row)[1:])
+        if not row[0]:
+            by_id[stored.id] = stored
+        elif (key := idempotency_key(stored)) is not None:  # always, by the join
+            by_key[key] = stored
+    return by_id, by_key
 
 
 async def history(conn: asyncpg.Connection, q: HistoryQuery) -> list[StoredMessage]:
