@@ -33,6 +33,7 @@ _MESSAGE_COLUMNS = "id, room_id, seq, sender, content, timestamp, created_at, cl
 _QUALIFIED_COLUMNS = ", ".join(f"m.{column}" for column in _MESSAGE_COLUMNS.split(", "))
 _ROW_COLUMNS = ", ".join(ROW_COLUMNS)
 _FAST_RUN_KEY = "fast_run_seq_gap"
+_PK_FLOOR_KEY = "pk_floor"
 _STAGING = "message_staging"
 
 
@@ -145,8 +146,18 @@ async def set_participants(
     )
 
 
+async def _keep_pk_floor(conn: asyncpg.Connection) -> None:
+    """Before deleting messages: remember the highest pk a message was given, so ``log_head`` never goes back."""
+    await conn.execute(
+        "INSERT INTO meta (key, value) SELECT $1, coalesce(max(pk), 0) FROM messages"
+        " ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value, excluded.value)",
+        _PK_FLOOR_KEY,
+    )
+
+
 async def delete_room(conn: asyncpg.Connection, room_id: str) -> None:
     async with conn.transaction():
+        await _keep_pk_floor(conn)
         await conn.execute("DELETE FROM messages WHERE room_id = $1", room_id)
         await conn.execute("DELETE FROM rooms WHERE room_id = $1", room_id)
 
@@ -262,8 +273,17 @@ async def cursors_at(conn: asyncpg.Connection, room_ids: Sequence[str], pk: int)
 
 
 async def log_head(conn: asyncpg.Connection) -> int:
-    """The highest pk handed out (0 for an empty log). Asked on the writer, after every queued commit."""
-    value = await conn.fetchval("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM messages_pk_seq")
+    """The highest pk a message was given (0 for an empty log). Asked on the writer, after every queued commit.
+
+    Not the sequence's last value: a batch takes a pk for each of its messages and gives none to a repeat, a
+    retried message or a deleted room's, and a rolled-back batch gives none at all. The stored messages' highest
+    pk, or the floor a delete kept, is the head the contract names (as SQLite's engine counts it).
+    """
+    value = await conn.fetchval(
+        "SELECT greatest((SELECT coalesce(max(pk), 0) FROM messages),"
+        " (SELECT coalesce(max(value), 0) FROM meta WHERE key = $1))",
+        _PK_FLOOR_KEY,
+    )
     return int(value)
 
 
@@ -276,6 +296,7 @@ async def recent_idempotent_sends(conn: asyncpg.Connection, limit: int) -> list[
 
 async def delete_all_messages(conn: asyncpg.Connection) -> tuple[int, int]:
     async with conn.transaction():
+        await _keep_pk_floor(conn)
         rooms = await conn.fetchval("SELECT count(DISTINCT room_id) FROM messages")
         deleted = _count(await conn.execute("DELETE FROM messages"))
     return deleted, int(rooms)
