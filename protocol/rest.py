@@ -61,6 +61,8 @@ def _field(body: Any, name: str) -> Any:
 def _check_name(value: str, what: str, limits: Limits) -> None:
     if len(value) > limits.max_name_chars:
         raise RequestError(400, f"{what} must be at most {limits.max_name_chars} characters")
+    if "\x00" in value:  # no storage engine is ever given U+0000 (PostgreSQL's text cannot hold it)
+        raise RequestError(400, f"{what} must not contain the character U+0000")
 
 
 def credentials(body: Any, limits: Limits) -> tuple[str, str]:

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 AUTH_ERROR = b'44{"message":"Authentication error"}'
 # Repeats of one in-flight clientMsgId kept to be acked with their original: a real client retries a few times.
 MAX_WAITING_REPEATS = 32
+ERR_NUL = "content and clientMsgId must not contain the character U+0000"
 ERR_SHUTTING_DOWN = "Server is shutting down: message not accepted, send it again after reconnecting"
 
 
@@ -171,6 +172,11 @@ class ChatApp:
             self._reject(
                 session, f"Message content too long (limit {self.settings.max_content_chars} characters)", ack_id
             )
+            return
+        if "\x00" in data.content or (data.clientMsgId is not None and "\x00" in data.clientMsgId):
+            # PostgreSQL's text cannot hold U+0000: refused here, for every engine alike, so one sender's NUL
+            # never fails the group commit that carries other senders' messages.
+            self._reject(session, ERR_NUL, ack_id)
             return
         if not self.registry.is_member(data.roomId, user):
             self._reject(session, ERR_NOT_MEMBER, ack_id)

@@ -29,6 +29,8 @@ The contract every engine keeps (the rest of the server relies on each line):
   :class:`~storage.errors.StorageUnavailableError` and changes nothing:
   the caller may retry. Any other failure is a :class:`~storage.errors.StorageError` or a bug. Engines never
   let their driver's exceptions escape for such conditions.
+- **Text.** Engines are never given U+0000 in any text (the server refuses it at the edge: PostgreSQL's text
+  cannot hold it); everything else is stored exactly as given.
 - **Fast-run marker.** Between ``begin_fast_run(gap)`` and ``end_fast_run``, an engine that is opened again
   (after a crash) first moves every room's counter ``gap`` seqs ahead, so no seq a member saw is reused.
 """

@@ -44,6 +44,12 @@ async def test_signup_wrong_types_are_400_not_500(client: httpx.AsyncClient) -> 
     assert r.json() == {"error": "Username and password must be strings"}
 
 
+async def test_nul_in_a_username_is_400_for_signup_and_login(client: httpx.AsyncClient) -> None:
+    for route in ("/api/auth/signup", "/api/auth/login"):
+        r = await client.post(route, json={"username": "al\x00ice", "password": "pw"})
+        assert (r.status_code, r.json()) == (400, {"error": "Username must not contain the character U+0000"})
+
+
 async def test_signup_duplicate_is_409_and_does_not_poison_later_signups(client: httpx.AsyncClient) -> None:
     assert (await client.post("/api/auth/signup", json={"username": "a", "password": "p"})).status_code == 201
     r = await client.post("/api/auth/signup", json={"username": "a", "password": "q"})

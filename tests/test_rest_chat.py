@@ -102,6 +102,8 @@ async def test_create_room_puts_creator_first_and_dedupes(client: httpx.AsyncCli
         ({"name": "r", "participants": "bob"}, "participants must be an array of usernames (non-empty strings)"),
         ({"name": "r", "participants": [1]}, "participants must be an array of usernames (non-empty strings)"),
         ({"name": "x" * 257}, "Room name must be at most 256 characters"),
+        ({"name": "new\x00year"}, "Room name must not contain the character U+0000"),
+        ({"name": "r", "participants": ["b\x00b"]}, "Username must not contain the character U+0000"),
     ],
 )
 async def test_create_room_validation(client: httpx.AsyncClient, alice: str, body: dict[str, Any], error: str) -> None:

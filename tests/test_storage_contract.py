@@ -551,29 +551,6 @@ async def test_appends_from_many_tasks_get_gap_free_seqs_in_pk_order(engine: Sto
         assert sorted(rows, key=lambda m: m.pk) == sorted((m for m in got if m.room_id == room_id), key=lambda m: m.pk)
 
 
-# -- text ------------------------------------------------------------------------------------------------
-NUL_IN_POSTGRES = (
-    "PostgreSQL text cannot hold U+0000: asyncpg raises CharacterNotInRepertoireError (a driver error, not a"
-    " StorageError) and the whole batch fails, the other senders' messages with it; SQLite stores the text as given"
-)
-
-
-async def test_message_text_is_stored_as_given_nul_included(
-    request: pytest.FixtureRequest, database_url: str, engine: StorageEngine
-) -> None:
-    """JSON may carry \\u0000 and nothing before storage refuses it, so a client's NUL reaches the engine."""
-    if database_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(reason=NUL_IN_POSTGRES, strict=True))
-    await engine.insert_rooms([room("r1", "alice", "bob")])
-    rows = stored(
-        await engine.append_messages([msg("r1", sender="bob"), msg("r1", content="a\x00b", cmid="c\x00"), msg("r1")])
-    )
-    assert (rows[1].content, rows[1].client_msg_id) == ("a\x00b", "c\x00")
-    assert await everything(engine, "r1") == rows
-    [repeat] = await engine.append_messages([msg("r1", cmid="c\x00")])
-    assert repeat == Appended(rows[1], duplicate=True)
-
-
 # -- a stopped engine ------------------------------------------------------------------------------------
 def every_call(engine: StorageEngine) -> list[Callable[[], Awaitable[object]]]:
     return [

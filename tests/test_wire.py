@@ -13,6 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
+from server.chat import ERR_NUL
 from tests.conftest import RunningServer, make_config, start_server
 from tests.raw_client import RawClient, raw_client
 from tests.sio_peer import make_room, make_users, wait_until
@@ -94,6 +95,11 @@ async def test_wrong_payloads_get_error_events(running: RunningServer) -> None:
         await c.emit("send_message", {"roomId": room, "content": "x" * 10_001}, ack_id=9)
         assert (await c.next_event())[1] == {"message": "Message content too long (limit 10000 characters)"}
         assert (await c.next_event())[1]["ok"] is False
+        # U+0000 is refused before storage (PostgreSQL's text cannot hold it), with the sender's ack.
+        for nul in ({"roomId": room, "content": "a\x00b"}, {"roomId": room, "content": "ok", "clientMsgId": "c\x00"}):
+            await c.emit("send_message", nul, ack_id=8)
+            assert (await c.next_event())[1] == {"message": ERR_NUL}
+            assert (await c.next_event())[1]["ok"] is False
         await c.emit("leave_room", None)
         assert await c.next_event() == ("error", {"message": "Failed to leave room"})
         await c.emit("unknown_event", {"x": 1})
