@@ -61,7 +61,7 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 # switch to a generic plan chosen while the tables were nearly empty: measured on the quick preset, the
 # stored-rows lookup of group commit went from 0.4 ms to 64-148 ms (a sequential scan) as the log grew, and
 # commits from 6 to 60 ms. Planning these small statements costs well under a millisecond.
-_SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
 _Job = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], Pending[Any]]
 
@@ -138,7 +138,7 @@ class PostgresEngine:
             max_size=self.pool_size,
             timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
-            server_settings=_SESSION_SETTINGS,
+            server_settings=SESSION_SETTINGS,
         )
         return found, skipped
 
@@ -147,7 +147,7 @@ class PostgresEngine:
             self.dsn,
             timeout=self.connect_timeout,
             command_timeout=self.command_timeout,
-            server_settings=_SESSION_SETTINGS,
+            server_settings=SESSION_SETTINGS,
         )
 
     async def _close(self) -> None:
