@@ -75,6 +75,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
                 "outbox_max_bytes must be at least 2 x catchup_high_water + max_packet_bytes"
                 f" ({2 * self.catchup_high_water + self.max_packet_bytes} with these settings)"
             )
+        # Fast mode hands out seqs in memory before the commit, so one process must own each room's seq. With
+        # PostgreSQL every process is a cluster member (a room's seq is assigned in the committing transaction,
+        # whichever process commits), so two fast processes would give one seq to two messages.
+        if self.delivery_mode == "fast" and self.database.split("://", 1)[0].lower() in ("postgresql", "postgres"):
+            raise ValueError(
+                "delivery_mode = fast needs one process to own each room's seq, and with PostgreSQL every process"
+                " is a cluster member: use --delivery-mode durable (or SQLite for fast mode)"
+            )
 
     @property
     def uses_default_secret(self) -> bool:

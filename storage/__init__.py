@@ -8,6 +8,7 @@ Exception tree::
     ├── StorageClosedError       the engine is not running (not started yet, or shut down): our fault
     ├── StorageUnavailableError  the database refused for now (locked, disk full, I/O error): retry later
     ├── SchemaTooNewError        the database was written by a newer server: upgrade the server
+    ├── DatabaseInUseError       another process serves this SQLite file: SQLite serves one process
     └── UnsupportedDatabaseError the DATABASE_URL names an engine this build cannot open: config fault
 """
 

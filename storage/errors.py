@@ -23,3 +23,7 @@ class StorageUnavailableError(StorageError):
 
 class SchemaTooNewError(StorageError):
     """The database was written by a newer minitalk-trio; it is not touched. Upgrade the server."""
+
+
+class DatabaseInUseError(StorageError):
+    """Another process serves this SQLite database: SQLite serves one process (several need PostgreSQL)."""

@@ -7,12 +7,12 @@ in seq order, whatever happened in between.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections import Counter
 
 import httpx
-import pytest
 import trio
 
 from tests.chat_load import ChatLoad, read_history
@@ -80,11 +80,10 @@ async def test_chat_on_postgres_survives_a_server_restart(nursery: trio.Nursery,
     assert await server.terminate() == 0
 
 
-@pytest.mark.parametrize("mode", ["durable", "fast"])
 async def test_database_restart_mid_bombing_loses_and_repeats_nothing(
-    nursery: trio.Nursery, pg_url: str, postgres_cluster: PgCluster, mode: str
+    nursery: trio.Nursery, pg_url: str, postgres_cluster: PgCluster
 ) -> None:
-    server = await start_server_process(nursery, server_args(pg_url, "--delivery-mode", mode))
+    server = await start_server_process(nursery, server_args(pg_url))
     load = await ChatLoad.create(server.url, senders=3)
     async with trio.open_nursery() as senders:
         senders.start_soon(lambda: load.run(pace=0.002, count=3000))
@@ -145,6 +144,21 @@ async def test_two_servers_starting_at_once_do_not_race_on_migrations(nursery: t
         assert r.status_code == 201, r.text
     for server in servers:
         assert await server.terminate() == 0
+
+
+async def test_fast_mode_on_postgres_is_refused_in_one_line() -> None:
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-m", "server", "--port", "0", "--delivery-mode", "fast"],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": "postgresql://minitalk@127.0.0.1:1/minitalk"},
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    log = done.stderr.decode()
+    assert done.returncode == 2, log
+    assert "delivery_mode = fast needs one process to own each room's seq" in log and "Traceback" not in log
 
 
 def test_schema_version_is_recorded(pg_url: str, postgres_cluster: PgCluster) -> None:

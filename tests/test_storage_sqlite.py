@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from storage import open_storage
-from storage.errors import SchemaTooNewError, StorageClosedError, UnsupportedDatabaseError
+from storage.errors import DatabaseInUseError, SchemaTooNewError, StorageClosedError, UnsupportedDatabaseError
 from storage.open import redact
 from storage.records import HistoryQuery, NewMessage, RoomRecord
 from storage.sqlite.engine import SqliteEngine
@@ -137,3 +137,16 @@ def test_redact_hides_only_the_password() -> None:
 def test_iso_timestamps_match_javascript() -> None:
     assert iso_utc(1750748534.663) == "2025-06-24T07:02:14.663Z"
     assert iso_utc(0) == "1970-01-01T00:00:00.000Z"
+
+
+async def test_a_second_engine_on_one_file_is_refused_until_the_first_stops(tmp_path: Path) -> None:
+    path = str(tmp_path / "one.db")
+    first = SqliteEngine(path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        with pytest.raises(DatabaseInUseError, match="SQLite serves one process"):
+            await nursery.start(SqliteEngine(path).run)
+        nursery.cancel_scope.cancel()
+    async with trio.open_nursery() as nursery:  # the first one stopped: the lock went with it
+        await nursery.start(SqliteEngine(path).run)
+        nursery.cancel_scope.cancel()

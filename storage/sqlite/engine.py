@@ -8,15 +8,18 @@ in our SQL (``IntegrityError``, ``ProgrammingError``, ...) pass through unchange
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
 
-from storage.errors import StorageClosedError, StorageUnavailableError
+from storage.errors import DatabaseInUseError, StorageClosedError, StorageUnavailableError
 from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
 from storage.sqlite.store import SqliteReader, SqliteStore, Synchronous
 from storage.sqlite.worker import WorkerThread
@@ -44,6 +47,34 @@ class SqliteEngine:
         self._reader: SqliteReader | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._one_process():
+            await self._run(task_status)
+
+    @contextlib.contextmanager
+    def _one_process(self) -> Iterator[None]:
+        """Hold an exclusive lock on ``<path>.lock`` for as long as the engine runs.
+
+        Why: every process counts each room's seqs in memory, so two servers on one file would hand out the
+        same seq (measured: every send through the second failed on the unique (room, seq) index). A rolling
+        deploy must wait for the old process, and several processes need PostgreSQL. The kernel drops the
+        lock when the process dies, kill -9 included, so a crash never leaves the file locked.
+        """
+        if self.path == ":memory:":
+            yield
+            return
+        lock_path = Path(f"{self.path}.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with lock_path.open("a") as lock_file:
+            try:
+                fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DatabaseInUseError(
+                    f"another process is serving the SQLite database {self.path} (it holds {lock_path}); SQLite"
+                    " serves one process: stop that one first, or use PostgreSQL for several"
+                ) from None
+            yield  # closing the file releases the lock
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._thread.run)
             try:
