@@ -60,11 +60,12 @@ def direct(url: str, rounds: int, sizes: list[int]) -> list[str]:
             await migrate(conn)
             await store.prepare_writer(conn)
             room = f"bridge-direct-{new_id(0)}"
-            await store.insert_rooms(conn, [RoomRecord(room, "bench", ("alice",), "alice", NOW, NOW)])
-            await _time(rounds, lambda: store.append_messages(conn, _batch(room, 64)))  # warm up: plans, cache, WAL
+            await store.insert_rooms(conn, [RoomRecord(room, "bench", ("alice",), "alice", NOW, NOW)], "bench")
+            # Warm up: plans, cache, WAL.
+            await _time(rounds, lambda: store.append_messages(conn, _batch(room, 64), "bench"))
             lines = [_summary("asyncio: log_head (1 row)", await _time(rounds, lambda: store.log_head(conn)))]
             for size in sizes:
-                samples = await _time(rounds, lambda: store.append_messages(conn, _batch(room, size)))  # noqa: B023
+                samples = await _time(rounds, lambda: store.append_messages(conn, _batch(room, size), "bench"))  # noqa: B023
                 lines.append(_summary(f"asyncio: group commit of {size}", samples))
             return lines
         finally:

@@ -18,14 +18,22 @@ Everything here runs on the Trio loop (no locks): reporters are tasks of the sam
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import trio
 
 from storage.engine import StorageEngine
 from storage.errors import StorageUnavailableError
-from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
+from storage.records import (
+    Appended,
+    HistoryQuery,
+    NewMessage,
+    RoomRecord,
+    StorageChange,
+    StoredMessage,
+    UserRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +119,19 @@ class ReportingStorage:
     async def delete_all_users(self) -> int:
         return await self._report(self.inner.delete_all_users())
 
-    async def load_rooms(self) -> list[RoomRecord]:
-        return await self._report(self.inner.load_rooms(), write=False)
+    async def load_rooms(self, room_ids: Sequence[str] | None = None) -> list[RoomRecord]:
+        return await self._report(self.inner.load_rooms(room_ids), write=False)
+
+    async def room_heads(self, room_ids: Sequence[str]) -> dict[str, int]:
+        return await self._report(self.inner.room_heads(room_ids), write=False)
+
+    async def watch(
+        self,
+        on_change: Callable[[StorageChange], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        await self.inner.watch(on_change, task_status=task_status)
 
     async def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
         await self._report(self.inner.insert_rooms(rooms))

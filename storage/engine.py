@@ -31,18 +31,29 @@ The contract every engine keeps (the rest of the server relies on each line):
   let their driver's exceptions escape for such conditions.
 - **Text.** Engines are never given U+0000 in any text (the server refuses it at the edge: PostgreSQL's text
   cannot hold it); everything else is stored exactly as given.
+- **Several processes.** An engine either serves one process (SQLite: a second one is refused at start)
+  or lets several share the log (PostgreSQL): then seqs are assigned in the committing transaction, pks are
+  given in commit order across all of them, and ``watch`` tells each process what the others changed.
 - **Fast-run marker.** Between ``begin_fast_run(gap)`` and ``end_fast_run``, an engine that is opened again
   (after a crash) first moves every room's counter ``gap`` seqs ahead, so no seq a member saw is reused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import trio
 
-from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
+from storage.records import (
+    Appended,
+    HistoryQuery,
+    NewMessage,
+    RoomRecord,
+    StorageChange,
+    StoredMessage,
+    UserRecord,
+)
 
 
 class StorageEngine(Protocol):
@@ -68,8 +79,27 @@ class StorageEngine(Protocol):
     async def delete_all_users(self) -> int: ...
 
     # Rooms and membership
-    async def load_rooms(self) -> list[RoomRecord]:
-        """Every room, in creation order: the room registry is built from this at start."""
+    async def load_rooms(self, room_ids: Sequence[str] | None = None) -> list[RoomRecord]:
+        """Every room (or those of ``room_ids`` that exist), in creation order: the room registry is built
+        from this at start, and re-reads changed rooms from it."""
+        ...
+
+    async def room_heads(self, room_ids: Sequence[str]) -> dict[str, int]:
+        """Each existing room's last seq as stored now (a cluster member compares its memory with it)."""
+        ...
+
+    async def watch(
+        self,
+        on_change: Callable[[StorageChange], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Call ``on_change`` for every change another process makes (commits, rooms), until cancelled.
+
+        An engine shared by several processes (PostgreSQL) listens for them; after every (re)connect of its
+        listener it reports :class:`Resync`, since changes in between were not seen. An engine that serves
+        one process (SQLite) never calls it.
+        """
         ...
 
     async def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None: ...

@@ -84,3 +84,23 @@ class HistoryQuery(msgspec.Struct, frozen=True):
     after_seq: int | None = None
     before_seq: int | None = None
     since_ms: int | None = None
+
+
+class LogAdvanced(msgspec.Struct, frozen=True):
+    """Another process committed messages: each room's last seq now (at least)."""
+
+    heads: dict[str, int]
+
+
+class RoomsChanged(msgspec.Struct, frozen=True):
+    """Another process created, changed or deleted these rooms: read them again."""
+
+    room_ids: tuple[str, ...]
+
+
+class Resync(msgspec.Struct, frozen=True):
+    """Changes may have been missed (the watch connection was lost, or a change was too big to describe):
+    compare everything in memory with storage."""
+
+
+StorageChange = LogAdvanced | RoomsChanged | Resync

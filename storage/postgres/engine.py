@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
+import msgspec
 import outcome
 import trio
 import trio_asyncio
@@ -34,7 +36,18 @@ from storage.errors import StorageClosedError, StorageError, StorageUnavailableE
 from storage.pending import Pending
 from storage.postgres import store
 from storage.postgres.schema import migrate
-from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
+from storage.records import (
+    Appended,
+    HistoryQuery,
+    LogAdvanced,
+    NewMessage,
+    Resync,
+    RoomRecord,
+    RoomsChanged,
+    StorageChange,
+    StoredMessage,
+    UserRecord,
+)
 from storage.urls import redact
 
 log = logging.getLogger(__name__)
@@ -63,6 +76,19 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 # commits from 6 to 60 ms. Planning these small statements costs well under a millisecond.
 SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 
+# How often the listener's connection is checked when nothing is heard.
+WATCH_CHECK_S = 1.0
+
+
+class _Notice(msgspec.Struct, frozen=True):
+    o: str
+    r: dict[str, int] | None = None
+    rooms: list[str] | None = None
+    resync: bool = False
+
+
+_notice_decoder = msgspec.json.Decoder(_Notice)
+
 _Job = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...], Pending[Any]]
 
 
@@ -85,6 +111,8 @@ class PostgresEngine:
         self._writer: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._accepting = False
+        # Names this process in its NOTIFY payloads, so it can skip its own.
+        self.origin = secrets.token_hex(8)
         self._loop: Any = None  # trio_asyncio's loop while run() is active
 
     # -- lifetime ------------------------------------------------------------------------------------------
@@ -232,21 +260,93 @@ class PostgresEngine:
     async def delete_all_users(self) -> int:
         return await self._write(store.delete_all_users)
 
-    async def load_rooms(self) -> list[RoomRecord]:
+    async def load_rooms(self, room_ids: Sequence[str] | None = None) -> list[RoomRecord]:
         # On the writer: after every write queued before it, as SQLite's engine does.
-        return await self._write(store.load_rooms)
+        return await self._write(store.load_rooms, None if room_ids is None else list(room_ids))
+
+    async def room_heads(self, room_ids: Sequence[str]) -> dict[str, int]:
+        return await self._read(store.room_heads, tuple(room_ids))
 
     async def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
-        await self._write(store.insert_rooms, tuple(rooms))
+        await self._write(store.insert_rooms, tuple(rooms), self.origin)
 
     async def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None:
-        await self._write(store.set_participants, room_id, tuple(participants), updated_at)
+        await self._write(store.set_participants, room_id, tuple(participants), updated_at, self.origin)
 
     async def delete_room(self, room_id: str) -> None:
-        await self._write(store.delete_room, room_id)
+        await self._write(store.delete_room, room_id, self.origin)
 
     async def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
-        return await self._write(store.append_messages, tuple(batch))
+        return await self._write(store.append_messages, tuple(batch), self.origin)
+
+    # -- what the other processes change -----------------------------------------------------------------
+    async def watch(
+        self,
+        on_change: Callable[[StorageChange], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """LISTEN on one connection of its own; see :meth:`storage.engine.StorageEngine.watch`.
+
+        A lost connection is noticed within ``WATCH_CHECK_S`` (asyncpg says ``is_closed``), reconnected with
+        backoff, and followed by :class:`Resync`: a missed wake-up costs latency, never a message.
+        """
+        notices_in, notices_out = trio.open_memory_channel[str](math.inf)
+
+        def heard(_conn: object, _pid: int, _channel: str, payload: object) -> None:
+            # Called by asyncpg on the asyncio loop, which trio-asyncio runs in this thread: a plain hand-over.
+            notices_in.send_nowait(str(payload))
+
+        task_status.started()
+        delay = 0.0
+        while True:
+            await trio.sleep(delay)
+            try:
+                listener = await self._aio(self._listen, heard)
+            except Exception as exc:
+                if not unavailable(exc):
+                    raise
+                delay = min(max(delay * 2, 0.1), 2.0)
+                log.warning("cannot listen for other processes' changes (%s); retrying", _reason(exc))
+                continue
+            delay = 0.0
+            on_change(Resync())  # whatever happened while nobody listened
+            try:
+                while not listener.is_closed():
+                    with trio.move_on_after(WATCH_CHECK_S):
+                        payload = await notices_out.receive()
+                        if (change := self._change(payload)) is not None:
+                            on_change(change)
+                log.warning("the connection listening for other processes' changes was lost; reconnecting")
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._aio(self._drop, listener)
+
+    async def _listen(self, heard: Callable[[Any, int, str, object], None]) -> asyncpg.Connection:
+        listener = await self._connect()
+        await listener.add_listener(store.CHANNEL, heard)
+        return listener
+
+    @staticmethod
+    async def _drop(listener: asyncpg.Connection) -> None:
+        if not listener.is_closed():
+            listener.terminate()
+
+    def _change(self, payload: str) -> StorageChange | None:
+        """The change a NOTIFY payload describes; None for our own and for empty ones."""
+        try:
+            notice = _notice_decoder.decode(payload)
+        except msgspec.DecodeError:
+            return None if not payload else Resync()
+        if notice.o == self.origin:
+            return None  # our own: memory already has it
+        if notice.resync:
+            return Resync()
+        if notice.r:
+            return LogAdvanced(notice.r)
+        if notice.rooms:
+            return RoomsChanged(tuple(notice.rooms))
+        return None
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]:
         return await self._read(store.history, query)

@@ -19,10 +19,12 @@ Group commit (``append_messages``), one transaction:
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
+import msgspec
 
 from storage.assign import ROW_COLUMNS, BatchAssigner, IdempotencyKey, idempotency_key
 from storage.errors import StorageError
@@ -35,6 +37,13 @@ _ROW_COLUMNS = ", ".join(ROW_COLUMNS)
 _FAST_RUN_KEY = "fast_run_seq_gap"
 _PK_FLOOR_KEY = "pk_floor"
 _STAGING = "message_staging"
+# Every process LISTENs here: one NOTIFY per group commit ({"o": origin, "r": {room: last seq}}) and per room
+# change ({"o": origin, "rooms": [...]}); a payload past NOTIFY_LIMIT becomes {"o": origin, "resync": true}.
+CHANNEL = "minitalk_changes"
+NOTIFY_LIMIT = 7_900  # PostgreSQL refuses payloads of 8,000 bytes or more
+# Held from a commit's first pk to its COMMIT, across every process (see _log_transaction).
+LOG_LOCK = 0x6D696E69746C6F67  # "minitlog"
+_notice_encoder = msgspec.json.Encoder()
 
 
 class UnexpectedConflictError(StorageError):
@@ -119,31 +128,41 @@ async def delete_all_users(conn: asyncpg.Connection) -> int:
 
 
 # -- rooms ---------------------------------------------------------------------------------------------
-async def load_rooms(conn: asyncpg.Connection) -> list[RoomRecord]:
-    rows = await conn.fetch(
-        "SELECT room_id, name, participants, created_by, created_at, updated_at, last_seq FROM rooms ORDER BY pk"
-    )
+async def load_rooms(conn: asyncpg.Connection, room_ids: Sequence[str] | None) -> list[RoomRecord]:
+    columns = "room_id, name, participants, created_by, created_at, updated_at, last_seq"
+    if room_ids is None:
+        rows = await conn.fetch(f"SELECT {columns} FROM rooms ORDER BY pk")
+    else:
+        rows = await conn.fetch(f"SELECT {columns} FROM rooms WHERE room_id = ANY($1::text[]) ORDER BY pk", room_ids)
     return [RoomRecord(r[0], r[1], tuple(r[2]), r[3], r[4], r[5], int(r[6])) for r in rows]
 
 
-async def insert_rooms(conn: asyncpg.Connection, rooms: Sequence[RoomRecord]) -> None:
+async def room_heads(conn: asyncpg.Connection, room_ids: Sequence[str]) -> dict[str, int]:
+    rows = await conn.fetch("SELECT room_id, last_seq FROM rooms WHERE room_id = ANY($1::text[])", list(room_ids))
+    return {row[0]: int(row[1]) for row in rows}
+
+
+async def insert_rooms(conn: asyncpg.Connection, rooms: Sequence[RoomRecord], origin: str) -> None:
     async with conn.transaction():
         await conn.executemany(
             "INSERT INTO rooms (room_id, name, participants, created_by, created_at, updated_at)"
             " VALUES ($1, $2, $3, $4, $5, $6)",
             [(r.room_id, r.name, list(r.participants), r.created_by, r.created_at, r.updated_at) for r in rooms],
         )
+        await _notify(conn, origin, rooms=[r.room_id for r in rooms])
 
 
 async def set_participants(
-    conn: asyncpg.Connection, room_id: str, participants: Sequence[str], updated_at: str
+    conn: asyncpg.Connection, room_id: str, participants: Sequence[str], updated_at: str, origin: str
 ) -> None:
-    await conn.execute(
-        "UPDATE rooms SET participants = $1, updated_at = $2 WHERE room_id = $3",
-        list(participants),
-        updated_at,
-        room_id,
-    )
+    async with conn.transaction():
+        await conn.execute(
+            "UPDATE rooms SET participants = $1, updated_at = $2 WHERE room_id = $3",
+            list(participants),
+            updated_at,
+            room_id,
+        )
+        await _notify(conn, origin, rooms=[room_id])
 
 
 async def _keep_pk_floor(conn: asyncpg.Connection) -> None:
@@ -155,19 +174,53 @@ async def _keep_pk_floor(conn: asyncpg.Connection) -> None:
     )
 
 
-async def delete_room(conn: asyncpg.Connection, room_id: str) -> None:
+async def delete_room(conn: asyncpg.Connection, room_id: str, origin: str) -> None:
     async with conn.transaction():
         await _keep_pk_floor(conn)
         await conn.execute("DELETE FROM messages WHERE room_id = $1", room_id)
         await conn.execute("DELETE FROM rooms WHERE room_id = $1", room_id)
+        await _notify(conn, origin, rooms=[room_id])
 
 
 # -- messages ------------------------------------------------------------------------------------------
-async def append_messages(conn: asyncpg.Connection, batch: Sequence[NewMessage]) -> list[Appended]:
-    """Group commit: see the module docstring. Six round trips (BEGIN, counters and pks, stored rows, COPY,
-    insert and counters, COMMIT): each one waits for the database's turn on a CPU, so fewer is faster when
-    the server and the database share cores."""
-    async with conn.transaction():
+@contextlib.asynccontextmanager
+async def _log_transaction(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """A transaction that first takes the log lock (sent with BEGIN: no extra round trip).
+
+    Why one committer at a time across every process: pks must rise in commit order across the whole log
+    (a reconnecting client's offset ``g<pk>`` means "everything up to here"); with the lock held from the
+    first pk to the commit, no pk is ever committed after a higher one. And measured on two cores, writers
+    that overlap on shared room rows are slower in total than one (29-32k rows/s for one writer, 20-25k for
+    2-8), so one at a time is also what measures best here; each process's next batch grows while it waits.
+    """
+    await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})")
+    try:
+        yield
+    except BaseException:
+        if not conn.is_closed() and conn.is_in_transaction():
+            with contextlib.suppress(Exception):  # the connection may be gone: the server rolls back anyway
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+
+
+def _notice(origin: str, **fields: object) -> str:
+    """A NOTIFY payload; past PostgreSQL's limit (8,000 bytes) it says only "resync"."""
+    payload = _notice_encoder.encode({"o": origin, **fields}).decode()
+    if len(payload.encode()) > NOTIFY_LIMIT:
+        payload = _notice_encoder.encode({"o": origin, "resync": True}).decode()
+    return payload
+
+
+async def _notify(conn: asyncpg.Connection, origin: str, **fields: object) -> None:
+    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, _notice(origin, **fields))
+
+
+async def append_messages(conn: asyncpg.Connection, batch: Sequence[NewMessage], origin: str) -> list[Appended]:
+    """Group commit: see the module docstring. Six round trips (BEGIN and the log lock, counters and pks,
+    stored rows, COPY, insert + counters + NOTIFY, COMMIT): each one waits for the database's turn on a CPU,
+    so fewer is faster when the server and the database share cores."""
+    async with _log_transaction(conn):
         # The room rows locked in id order (two writers lock shared rooms in the same order), their counters,
         # and enough pks for every message, ascending: within a room pk and seq rise together. A pk a repeat
         # does not use is skipped for good; pks only have to be unique and rising, not gap-free.
@@ -194,15 +247,19 @@ async def append_messages(conn: asyncpg.Connection, batch: Sequence[NewMessage])
         if assigner.rows:
             await conn.copy_records_to_table(_STAGING, records=assigner.rows, columns=ROW_COLUMNS)
         touched = sorted(assigner.touched)
-        # One statement moves the staged rows and writes the counters back (a data-modifying CTE always runs).
+        heads = {room_id: last_seq[room_id] for room_id in touched}
+        # One statement moves the staged rows, writes the counters back (a data-modifying CTE always runs) and
+        # tells the other processes (delivered at commit, dropped at rollback: one NOTIFY per group commit).
         inserted = await conn.fetchval(
             f"WITH inserted AS (INSERT INTO messages ({_ROW_COLUMNS}) SELECT {_ROW_COLUMNS} FROM {_STAGING}"
             " ON CONFLICT DO NOTHING RETURNING 1),"
             " counted AS (UPDATE rooms SET last_seq = v.last_seq"
             " FROM unnest($1::text[], $2::bigint[]) AS v(room_id, last_seq) WHERE rooms.room_id = v.room_id)"
-            " SELECT count(*) FROM inserted",
+            " SELECT count(*) FROM inserted, pg_notify($3, $4)",
             touched,
-            [last_seq[room_id] for room_id in touched],
+            list(heads.values()),
+            CHANNEL,
+            _notice(origin, r=heads) if heads else "",
         )
         if inserted != len(assigner.rows):
             raise UnexpectedConflictError(

@@ -20,7 +20,15 @@ from typing import Any, TypeVar
 import trio
 
 from storage.errors import DatabaseInUseError, StorageClosedError, StorageUnavailableError
-from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
+from storage.records import (
+    Appended,
+    HistoryQuery,
+    NewMessage,
+    RoomRecord,
+    StorageChange,
+    StoredMessage,
+    UserRecord,
+)
 from storage.sqlite.store import SqliteReader, SqliteStore, Synchronous
 from storage.sqlite.worker import WorkerThread
 
@@ -145,8 +153,21 @@ class SqliteEngine:
     async def delete_all_users(self) -> int:
         return await self._call(self._open.delete_all_users)
 
-    async def load_rooms(self) -> list[RoomRecord]:
-        return await self._call(self._open.load_rooms)
+    async def load_rooms(self, room_ids: Sequence[str] | None = None) -> list[RoomRecord]:
+        return await self._call(self._open.load_rooms, None if room_ids is None else tuple(room_ids))
+
+    async def room_heads(self, room_ids: Sequence[str]) -> dict[str, int]:
+        return await self._call(self._open.room_heads, tuple(room_ids))
+
+    async def watch(
+        self,
+        on_change: Callable[[StorageChange], None],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """One process per file (see ``_one_process``): nobody else changes it, so there is nothing to report."""
+        task_status.started()
+        await trio.sleep_forever()
 
     async def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
         await self._call(self._open.insert_rooms, rooms)

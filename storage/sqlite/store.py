@@ -148,14 +148,19 @@ class SqliteStore:
             return conn.execute("DELETE FROM users").rowcount
 
     # -- rooms -------------------------------------------------------------------------------------
-    def load_rooms(self) -> list[RoomRecord]:
+    def load_rooms(self, room_ids: Sequence[str] | None = None) -> list[RoomRecord]:
         rows = self._conn.execute(
             "SELECT room_id, name, participants, created_by, created_at, updated_at, last_seq FROM rooms ORDER BY pk"
         )
+        wanted = None if room_ids is None else set(room_ids)
         return [
             RoomRecord(rid, name, _participants_decoder.decode(parts), by, created, updated, self._last_seq[rid])
             for rid, name, parts, by, created, updated, _ in rows
+            if wanted is None or rid in wanted
         ]
+
+    def room_heads(self, room_ids: Sequence[str]) -> dict[str, int]:
+        return {room_id: self._last_seq[room_id] for room_id in room_ids if room_id in self._last_seq}
 
     def insert_rooms(self, rooms: Sequence[RoomRecord]) -> None:
         with transaction(self._conn) as conn:
