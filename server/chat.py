@@ -114,6 +114,8 @@ class ChatApp:
         session.send(connect_reply(session.sio_sid, pid))
         for room in self.registry.rooms_of(user):
             self.hub.delivery.subscribe(session, room.room_id, cursors.get(room.room_id))
+        if self.hub.delivery.exact_offsets:
+            self.hub.delivery.send_cursors(session)  # where it stands, exactly (the pid's pk may not be)
         self.hub.delivery.catch_up_if_behind(session)
 
     async def _recovered_cursors(self, rooms: list[str], position: Position, pid: str) -> dict[str, int]:

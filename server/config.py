@@ -52,6 +52,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     catchup_page: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 500
     # Operator safety and storage failures (hard-ops).
     storage_outage_budget: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    cluster_check_interval: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     storage_retry_after: Annotated[int, msgspec.Meta(ge=1, le=3600)] = 2
     admin_routes: AdminRoutes = "open"
     admin_token: str = ""
@@ -78,11 +79,16 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         # Fast mode hands out seqs in memory before the commit, so one process must own each room's seq. With
         # PostgreSQL every process is a cluster member (a room's seq is assigned in the committing transaction,
         # whichever process commits), so two fast processes would give one seq to two messages.
-        if self.delivery_mode == "fast" and self.database.split("://", 1)[0].lower() in ("postgresql", "postgres"):
+        if self.delivery_mode == "fast" and self.cluster:
             raise ValueError(
                 "delivery_mode = fast needs one process to own each room's seq, and with PostgreSQL every process"
                 " is a cluster member: use --delivery-mode durable (or SQLite for fast mode)"
             )
+
+    @property
+    def cluster(self) -> bool:
+        """Several processes may share this database (PostgreSQL): each is a cluster member."""
+        return self.database.split("://", 1)[0].lower() in ("postgresql", "postgres")
 
     @property
     def uses_default_secret(self) -> bool:
@@ -288,6 +294,14 @@ OPTIONS: tuple[Option, ...] = (
         "STORAGE_RETRY_AFTER",
         "seconds sent as Retry-After with a 503 while storage is failing (default 2: a lock or a full disk"
         " that clears is noticed soon, without a retry storm)",
+        "SECONDS",
+    ),
+    Option(
+        "cluster_check_interval",
+        "--cluster-check-interval",
+        "CLUSTER_CHECK_INTERVAL",
+        "PostgreSQL: seconds between comparisons of the heads of rooms with local members against storage, the"
+        " safety net for a missed NOTIFY (default 2: a lost wake-up costs at most that much latency)",
         "SECONDS",
     ),
     Option(

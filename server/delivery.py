@@ -63,6 +63,7 @@ class Delivery:
         high_water: int,
         page: int,
         offsets: bool = False,
+        exact_offsets: bool = False,
     ) -> None:
         self._storage = storage
         self._head = head  # a room's last seq: committed (durable) or broadcast (fast)
@@ -70,6 +71,11 @@ class Delivery:
         self._low_water = high_water // 4
         self._page = page
         self.offsets = offsets  # send recovery offsets (protocol/recovery.py): durable mode
+        # Several processes share the log (PostgreSQL): a batch's pk says nothing of the other processes'
+        # commits this one has not applied yet, so a member is told its exact per-room cursors instead.
+        self.exact_offsets = exact_offsets
+        # One catch-up pass reads each (room, cursor) page once, however many members stand there.
+        self._pages: dict[tuple[str, int], tuple[int, list[StoredMessage]]] = {}
         self.watermark = 0  # the pk of the last committed message: where a member at the head stands
         self._subscribers: dict[str, set[Session]] = {}
         self._tails: dict[str, deque[tuple[int, bytes]]] = {}
@@ -129,6 +135,9 @@ class Delivery:
             for room_id, (first_seq, packets) in runs.items():
                 self.publish(room_id, packets, first_seq)
             return
+        if self.exact_offsets:
+            self._publish_with_cursors(runs)
+            return
         offset = offset_packet(watermark_offset(watermark))
         several: set[Session] = set()
         if len(runs) > 1:
@@ -144,6 +153,15 @@ class Delivery:
             if not session.lagging:
                 session.send(offset)
 
+    def _publish_with_cursors(self, runs: dict[str, tuple[int, list[bytes]]]) -> None:
+        """Cluster mode: each member that got some of the batch is told its exact cursors (one offset each)."""
+        pushed: set[Session] = set()
+        for room_id, (first_seq, packets) in runs.items():
+            self.publish(room_id, packets, first_seq, pushed=pushed)
+        for session in pushed:
+            if not session.lagging:
+                self._send_cursors(session)
+
     def publish(
         self,
         room_id: str,
@@ -152,6 +170,7 @@ class Delivery:
         *,
         offset: bytes | None = None,
         not_for: set[Session] | frozenset[Session] = frozenset(),
+        pushed: set[Session] | None = None,
     ) -> int:
         """Push a room's consecutive messages (``first_seq``, ``first_seq + 1``, ...) to every member at the head.
 
@@ -168,7 +187,7 @@ class Delivery:
         with_offset = (packets, frames)
         if offset is not None:
             with_offset = ([*packets, offset], frames + frame(offset))
-        pushed = 0
+        count = 0
         for session in members:
             if session.lagging:
                 continue
@@ -178,9 +197,25 @@ class Delivery:
             these, these_frames = (packets, frames) if session in not_for else with_offset
             if session.send_many(these, these_frames):
                 session.cursors[room_id] = last_seq
-                pushed += 1
-        self.messages_pushed += pushed * len(packets)
-        return pushed
+                count += 1
+                if pushed is not None:
+                    pushed.add(session)
+        self.messages_pushed += count * len(packets)
+        return count
+
+    def behind(self, room_id: str) -> None:
+        """The room's head moved without a push (another process committed): members not there catch up."""
+        head = self._head(room_id)
+        for session in self._subscribers.get(room_id, ()):
+            if not session.lagging and session.cursors[room_id] < head:
+                self._start_lag(session)
+
+    def subscribed_rooms(self) -> list[str]:
+        return list(self._subscribers)
+
+    def send_cursors(self, session: Session) -> None:
+        """Tell the session exactly where it stands (a cluster member does so at CONNECT)."""
+        self._send_cursors(session)
 
     def _start_lag(self, session: Session) -> None:
         session.lagging = True
@@ -219,6 +254,7 @@ class Delivery:
                 self._wake = trio.Event()
                 continue
             served = False
+            self._pages.clear()  # a new pass reads afresh
             for session in list(self._lagging):
                 if session.closed or not session.lagging:
                     self._lagging.discard(session)
@@ -255,8 +291,13 @@ class Delivery:
 
     async def _push_page(self, session: Session, room_id: str, after: int) -> None:
         """A page of the room's log after ``after``, cut at the high-water mark, and the cursor moved on."""
-        stored_head = self._stored_head(room_id)  # before the read: what commits during it is not skipped
-        rows = await self._storage.history(HistoryQuery(room_id, limit=self._page, after_seq=after))
+        cached = self._pages.get((room_id, after))
+        if cached is None:
+            stored_head = self._stored_head(room_id)  # before the read: what commits during it is not skipped
+            rows = await self._storage.history(HistoryQuery(room_id, limit=self._page, after_seq=after))
+            self._pages[(room_id, after)] = (stored_head, rows)
+        else:
+            stored_head, rows = cached
         if session.closed or session.cursors.get(room_id) != after:
             return  # closed, or left and joined again while we read: the next step starts afresh
         packets: list[bytes] = []

@@ -54,6 +54,7 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     catchup_high_water: int = 1024 * 1024
     catchup_page: int = 500
     max_attachments: int = 10  # binary attachments of one Socket.IO packet; their bytes: max_packet_bytes
+    cluster: bool = False  # several processes share the log (PostgreSQL): exact per-room recovery offsets
 
 
 class App(Protocol):
@@ -92,6 +93,7 @@ class Hub:
             page=settings.catchup_page,
             # Recovery offsets name places in the log: in fast mode members see messages before the log has them.
             offsets=settings.mode == "durable",
+            exact_offsets=settings.cluster,
         )
         self._doomed: list[tuple[Session, str]] = []
         # The heartbeat timer: (when, n, session), at most one live entry per session (its timer_at);

@@ -158,6 +158,29 @@ class RoomRegistry:
             raise
         return not remaining
 
+    # -- another process changed rooms (PostgreSQL cluster) -----------------------------------------
+    def apply_stored(self, records: Sequence[RoomRecord], asked: Iterable[str] | None = None) -> list[str]:
+        """Make memory agree with storage for the rooms ``asked`` (None: every room). ``records`` are those of
+        them that exist, in creation order; an asked room without a record was deleted. Heads only move
+        forward. Returns the ids whose head moved."""
+        moved: list[str] = []
+        found = {record.room_id for record in records}
+        for record in records:
+            room = self._rooms.get(record.room_id)
+            if room is None:
+                self._add(Room(record, next(self._order)))
+                continue
+            if room.participants != list(record.participants):
+                self._set(room, record.participants, record.updated_at)
+            if record.last_seq > room.last_seq:
+                room.last_seq = record.last_seq
+                moved.append(room.room_id)
+        for room_id in list(self._rooms) if asked is None else asked:
+            room = self._rooms.get(room_id)
+            if room is not None and room_id not in found:
+                self._remove(room)
+        return moved
+
     # -- index maintenance -------------------------------------------------------------------------
     def _add(self, room: Room) -> None:
         self._rooms[room.room_id] = room

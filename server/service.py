@@ -24,6 +24,7 @@ import trio
 from protocol.ratelimit import LoginGuard
 from protocol.rest import Limits
 from server.chat import ChatApp, Ticket
+from server.cluster import ClusterFollower
 from server.config import Config
 from server.frontdoor import MAX_HEAD_BYTES, FrontDoor
 from server.health import Health, ReportingStorage
@@ -74,6 +75,7 @@ def hub_settings(config: Config) -> HubSettings:
         max_connections=config.max_connections,
         catchup_high_water=config.catchup_high_water,
         catchup_page=config.catchup_page,
+        cluster=config.cluster,
     )
 
 
@@ -110,6 +112,14 @@ class MinitalkServer:
             health=self.health,
         )
         self.chat.batcher = self.batcher
+        # With PostgreSQL every process is a cluster member: what the others commit and change reaches this one.
+        self.follower = (
+            ClusterFollower(
+                self.storage, self.registry, self.hub.delivery, check_interval=config.cluster_check_interval
+            )
+            if config.cluster
+            else None
+        )
         if config.message_rate > 0:
             self.chat.send_limit = SendRateLimit(config.message_rate, config.message_burst, self.metrics.rate_limited)
         self.metrics.bind(self.hub.statistics, self.batcher.queue_depth)
@@ -230,6 +240,8 @@ class MinitalkServer:
             await hub_scope.start(self.hub.run)
             for engine_hub in self.engine_hubs.values():
                 await hub_scope.start(engine_hub.run)
+            if self.follower is not None:
+                await hub_scope.start(self.follower.run)
             await hub_scope.start(self.http.run)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             port = int(listeners[0].socket.getsockname()[1])

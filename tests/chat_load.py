@@ -28,6 +28,8 @@ class ChatLoad:
         self.failed_acks = 0
         self.errors: list[str] = []
         self.seen: dict[int, set[str]] = {}  # seq → ids broadcast under it (one, unless a seq was reused)
+        self.received: dict[str, list[int]] = {}  # member → the seqs of the messages it got, in arrival order
+        self.member_urls: dict[str, str] = {}  # member → the server it connects to (default: url)
         self.sent = 0
 
     @classmethod
@@ -49,8 +51,9 @@ class ChatLoad:
 
     async def member(self, name: str, pace: float, first: int, count: int) -> None:
         try:
-            async with raw_client(self.url, self.tokens[name]) as client, trio.open_nursery() as inner:
-                inner.start_soon(self._receive, client)
+            url = self.member_urls.get(name, self.url)
+            async with raw_client(url, self.tokens[name]) as client, trio.open_nursery() as inner:
+                inner.start_soon(self._receive, client, name)
                 for i in range(first, first + count):
                     payload = {"roomId": self.room, "content": f"{name}-{i}", "clientMsgId": f"{name}-{i}"}
                     await client.emit("send_message", payload, ack_id=i)
@@ -61,7 +64,7 @@ class ChatLoad:
         except* (ConnectionClosed, HandshakeError, trio.BrokenResourceError, OSError):
             pass  # the server went away (killed, stopped): that is what these tests do to it
 
-    async def _receive(self, client: Any) -> None:
+    async def _receive(self, client: Any, name: str) -> None:
         while True:
             event, data = await client.next_event()
             if event.startswith("ack:"):
@@ -71,6 +74,7 @@ class ChatLoad:
                     self.failed_acks += 1
             elif event == "message":
                 self.seen.setdefault(data["seq"], set()).add(data["id"])
+                self.received.setdefault(name, []).append(data["seq"])
             elif event == "error":
                 self.errors.append(data["message"])
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import httpx
 import trio
 
-from tests.server_process import ROOT, start_server_process
+from tests.chat_load import ChatLoad, read_history
+from tests.conftest import bearer
+from tests.server_process import ROOT, ServerProcess, start_server_process
 
 
 async def test_a_second_process_on_one_sqlite_file_refuses_to_start(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -30,3 +33,68 @@ async def test_a_second_process_on_one_sqlite_file_refuses_to_start(nursery: tri
     # The first one stopped: a new process takes over the file (a rolling deploy waits, then goes on).
     third = await start_server_process(nursery, ["--database", database])
     assert await third.terminate() == 0
+
+
+# -- PostgreSQL: every process is a cluster member ---------------------------------------------------------
+def pg_args(url: str, *extra: str) -> list[str]:
+    # A short head check: the safety net of a missed NOTIFY is part of what these tests exercise.
+    return [
+        *("--database", url, "--bcrypt-rounds", "4", "--bcrypt-batch-rounds", "4"),
+        *("--cluster-check-interval", "0.5", *extra),
+    ]
+
+
+async def start_members(nursery: trio.Nursery, url: str, count: int) -> list[ServerProcess]:
+    return [await start_server_process(nursery, pg_args(url)) for _ in range(count)]
+
+
+def spread(load: ChatLoad, servers: list[ServerProcess]) -> None:
+    """Member i connects to server i mod n: one room's members on every process."""
+    for i, name in enumerate(load.tokens):
+        load.member_urls[name] = servers[i % len(servers)].url
+
+
+async def room_known(server: ServerProcess, load: ChatLoad) -> None:
+    """Wait until the room (created through another process) is listed by this one: its NOTIFY arrived."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        with trio.fail_after(10):
+            while True:
+                r = await http.get("/api/chatrooms", headers=bearer(load.tokens["s1"]))
+                assert r.status_code == 200, r.text
+                if load.room in [room.get("roomId", room.get("_id")) for room in r.json()]:
+                    return
+                await trio.sleep(0.05)
+
+
+async def check_everyone_got_everything(load: ChatLoad, servers: list[ServerProcess]) -> list[int]:
+    """Every member got every stored message once, in seq order; history is the same through every process."""
+    histories = [await read_history(server.url, load.tokens["s0"], load.room) for server in servers]
+    assert all(history == histories[0] for history in histories), "REST history differs between processes"
+    rows = histories[0]
+    seqs = [row["seq"] for row in rows]
+    assert seqs == list(range(1, len(rows) + 1)), "gap-free, in seq order"
+    stored = {row["id"]: row["seq"] for row in rows}
+    assert load.acked.items() <= stored.items(), "every acked message is stored under its acked seq"
+    assert load.seen_ids().items() <= stored.items(), "every broadcast message is stored, one id per seq"
+    return seqs
+
+
+async def test_one_room_across_processes_everyone_gets_every_message_once_in_order(
+    nursery: trio.Nursery, pg_url: str
+) -> None:
+    servers = await start_members(nursery, pg_url, 3)
+    # The room is created through the first process; the others learn it from the NOTIFY (no restart).
+    load = await ChatLoad.create(servers[0].url, senders=6)
+    spread(load, servers)
+    for server in servers[1:]:
+        await room_known(server, load)
+    await load.run(pace=0.005, count=100)
+    assert len(load.acked) == 600, f"{len(load.acked)} acked, {load.failed_acks} failed, errors {load.errors}"
+    seqs = await check_everyone_got_everything(load, servers)
+    assert seqs == list(range(1, 601))
+    for name, got in load.received.items():
+        assert got == sorted(got) and len(got) == len(set(got)), f"{name} got messages out of order or twice"
+        # Sent from every process, received wherever the member is: nothing missing.
+        assert set(got) == set(range(1, 601)), f"{name} missed {sorted(set(range(1, 601)) - set(got))[:10]}"
+    for server in servers:
+        assert await server.terminate() == 0
