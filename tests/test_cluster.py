@@ -11,6 +11,8 @@ import trio
 from tests.chat_load import ChatLoad, read_history
 from tests.conftest import bearer
 from tests.server_process import ROOT, ServerProcess, start_server_process
+from tests.sio_peer import make_room, make_users, wait_until
+from tools.pg_cluster import PgCluster
 
 
 async def test_a_second_process_on_one_sqlite_file_refuses_to_start(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -98,3 +100,89 @@ async def test_one_room_across_processes_everyone_gets_every_message_once_in_ord
         assert set(got) == set(range(1, 601)), f"{name} missed {sorted(set(range(1, 601)) - set(got))[:10]}"
     for server in servers:
         assert await server.terminate() == 0
+
+
+async def rooms_of(server: ServerProcess, token: str) -> list[tuple[str, list[str]]]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        r = await http.get("/api/chatrooms", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        return [(room["roomId"], room["participants"]) for room in r.json()]
+
+
+async def agree(servers: list[ServerProcess], token: str, expected: list[tuple[str, list[str]]]) -> None:
+    """Every process answers ``expected`` for this user (soon: a NOTIFY is a round trip away)."""
+    with trio.fail_after(10):
+        for server in servers:
+            while await rooms_of(server, token) != expected:  # noqa: ASYNC110 -- polling another process
+                await trio.sleep(0.05)
+
+
+async def test_room_changes_made_anywhere_reach_every_process(nursery: trio.Nursery, pg_url: str) -> None:
+    a, b, c = await start_members(nursery, pg_url, 3)
+    async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
+        tokens = await make_users(http, ["ann", "bob", "cid"])
+        room = await make_room(http, tokens["ann"], ["bob"])
+    await agree([a, b, c], tokens["bob"], [(room, ["ann", "bob"])])
+    async with httpx.AsyncClient(base_url=b.url, timeout=30) as http:  # invited through another process
+        r = await http.post(
+            f"/api/chatrooms/{room}/invite", json={"participants": ["cid"]}, headers=bearer(tokens["bob"])
+        )
+        assert r.status_code == 200, r.text
+    await agree([a, b, c], tokens["cid"], [(room, ["ann", "bob", "cid"])])
+    for name, via in (("ann", c), ("bob", a)):  # left through a third and a first
+        async with httpx.AsyncClient(base_url=via.url, timeout=30) as http:
+            r = await http.post(f"/api/chatrooms/{room}/leave", headers=bearer(tokens[name]))
+            assert r.status_code == 200, r.text
+    await agree([a, b, c], tokens["cid"], [(room, ["cid"])])
+    await agree([a, b, c], tokens["ann"], [])
+    async with httpx.AsyncClient(base_url=b.url, timeout=30) as http:  # the last one leaves: the room is deleted
+        r = await http.post(f"/api/chatrooms/{room}/leave", headers=bearer(tokens["cid"]))
+        assert r.json() == {"message": "Chat room deleted as no participants remain"}
+    await agree([a, b, c], tokens["cid"], [])
+    for server in (a, b, c):
+        assert await server.terminate() == 0
+
+
+async def test_the_listen_connection_cut_under_traffic_loses_nothing(
+    nursery: trio.Nursery, pg_url: str, postgres_cluster: PgCluster
+) -> None:
+    servers = await start_members(nursery, pg_url, 2)
+    load = await ChatLoad.create(servers[0].url, senders=4)
+    await room_known(servers[1], load)
+    spread(load, servers)
+    async with trio.open_nursery() as senders:
+        senders.start_soon(lambda: load.run(pace=0.005, count=300))
+        await wait_until(lambda: len(load.acked) >= 200)
+        dbname = pg_url.rsplit("/", 1)[1]
+        cut = postgres_cluster.psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            f" WHERE datname = '{dbname}' AND query LIKE 'LISTEN%'",
+            dbname=dbname,
+        )
+        assert cut.strip() == "2", "each process's listener was cut"
+    assert len(load.acked) == 1200, f"{len(load.acked)} acked, {load.failed_acks} failed"
+    assert await check_everyone_got_everything(load, servers) == list(range(1, 1201))
+    for name, got in load.received.items():
+        assert got == list(range(1, 1201)), f"{name}: missing {sorted(set(range(1, 1201)) - set(got))[:10]}"
+    for server in servers:
+        assert b"reconnecting" in server.log or b"cannot listen" in server.log
+        assert await server.terminate() == 0
+
+
+async def test_kill_9_of_one_process_under_load_loses_nothing_acked(nursery: trio.Nursery, pg_url: str) -> None:
+    servers = await start_members(nursery, pg_url, 2)
+    load = await ChatLoad.create(servers[0].url, senders=4)
+    await room_known(servers[1], load)
+    spread(load, servers)  # s0, s2 on the survivor; s1, s3 on the victim
+    async with trio.open_nursery() as senders:
+        senders.start_soon(lambda: load.run(pace=0.003, count=400))
+        await wait_until(lambda: len(load.acked) >= 300)
+        servers[1].proc.kill()
+        with trio.fail_after(10):
+            await servers[1].proc.wait()
+    survivor = servers[0]
+    seqs = await check_everyone_got_everything(load, [survivor])
+    # The survivor's members got every stored message once, in order: the victim's commits included.
+    for name in ("s0", "s2"):
+        assert load.received[name] == seqs, f"{name} differs from the log"
+    assert await survivor.terminate() == 0
