@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
         " benchmarks the PostgreSQL engine (its database is used as it is: give an empty one)",
     )
     run.add_argument("--url", help="benchmark a running server at this loopback URL instead of starting one")
+    run.add_argument(
+        "--also-url",
+        action="append",
+        default=[],
+        help="with --url: another process of the same cluster (repeat); load workers are spread over all of them",
+    )
     run.add_argument("--pid", type=int, help="with --url: the server's pid, for CPU and RSS samples")
     run.add_argument("--workers", type=int, help="load-generator processes (default: one per client core)")
     run.add_argument(
@@ -170,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "stress":
         return run_stress(args, command)
     scenario = _by_name(args)
-    server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode, database=args.database)
+    server = (
+        target.external(args.url, args.pid, args.also_url)
+        if args.url
+        else target.start_ours(args.mode, database=args.database)
+    )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     stem = f"{stamp}-{scenario.name}-{args.mode if not args.url else 'external'}"
     try:
@@ -256,8 +266,19 @@ def start_target(name: str) -> target.Target:
     return launch.start_peer(name)
 
 
+def _server(args: argparse.Namespace) -> target.Target:
+    """The server a run measures: a running one (``--url``, ``--also-url``) or ours, started for the run."""
+    if args.url:
+        return target.external(args.url, args.pid, args.also_url)
+    return target.start_ours(args.mode, database=args.database)
+
+
 def run_stress(args: argparse.Namespace, command: str) -> int:
-    server = target.external(args.url, args.pid) if args.url else target.start_ours(args.mode, database=args.database)
+    server = (
+        target.external(args.url, args.pid, args.also_url)
+        if args.url
+        else target.start_ours(args.mode, database=args.database)
+    )
     try:
         base = scenarios.by_name(args.shape, members=args.members, polling_share=args.polling_share)
         ramp = stress.ramp(

@@ -21,7 +21,7 @@ from bench.accounting import settle
 from bench.histogram import Histogram
 from bench.result import Result, git_commit, machine
 from bench.scenarios import Scenario
-from bench.target import Sampler, Target, histogram_means, server_cores
+from bench.target import Sampler, Target, check_loopback, histogram_means, server_cores
 
 # In a room bigger than this, this many members check every delivery (order, duplicates, loss, latency) and the
 # others only count deliveries (C-speed bytes.count): one client core can then absorb a 1000-member fan-out.
@@ -102,6 +102,8 @@ def plan_workers(
         for u in range(scenario.users)
     ]
     host, port = target.host_port
+    # A cluster: worker w drives process w mod n (its members connect there; rooms were made through the first).
+    ports = [port, *(check_loopback(url)[1] for url in target.more_urls)]
     plans = []
     for w in range(workers):
         mine = members[w::workers]
@@ -110,7 +112,7 @@ def plan_workers(
             worker.WorkerPlan(
                 w,
                 host,
-                port,
+                ports[w % len(ports)],
                 room_ids,
                 mine,
                 scenario.duration,

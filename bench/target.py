@@ -56,10 +56,12 @@ class Target:
         self.persists = persists
         self._proc = proc
         self._workdir = workdir
+        self.more_urls: list[str] = []  # other processes of a cluster: load workers spread over all of them
 
     def description(self) -> dict[str, object]:
         """What a result records about the server: its name, URL, settings and whether it persists."""
-        return {"name": self.name, "url": self.url, **self.settings, "persists": self.persists}
+        more = {"more_urls": self.more_urls} if self.more_urls else {}
+        return {"name": self.name, "url": self.url, **self.settings, **more, "persists": self.persists}
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -161,10 +163,14 @@ def check_loopback_database(url: str) -> None:
         raise TargetError(f"benchmark databases must be on loopback, not {host!r}")
 
 
-def external(url: str, pid: int | None = None) -> Target:
-    check_loopback(url)
-    httpx.get(url.rstrip("/") + "/health", timeout=5).raise_for_status()
-    return Target(f"server at {url}", url, pid=pid, settings={"external": True})
+def external(url: str, pid: int | None = None, more_urls: list[str] | None = None) -> Target:
+    """A running server; ``more_urls``: the other processes of its cluster (setup goes through ``url``)."""
+    for each in [url, *(more_urls or [])]:
+        check_loopback(each)
+        httpx.get(each.rstrip("/") + "/health", timeout=5).raise_for_status()
+    target = Target(f"server at {url}", url, pid=pid, settings={"external": True})
+    target.more_urls = list(more_urls or [])
+    return target
 
 
 # Our /metrics histograms whose mean the reports print: (name in results, histogram, scale to the unit).
