@@ -136,6 +136,8 @@ def run(
 ) -> Result:
     _, client_cpus = server_cores()
     workers = workers or max(1, len(client_cpus))
+    if target.more_urls:  # one worker per process at least: a worker drives one process (see plan_workers)
+        workers = max(workers, 1 + len(target.more_urls))
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     tokens, room_ids = setup(target, scenario)
     plans = plan_workers(scenario, target, tokens=tokens, room_ids=room_ids, workers=workers, cpus=client_cpus)

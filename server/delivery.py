@@ -210,6 +210,9 @@ class Delivery:
             if not session.lagging and session.cursors[room_id] < head:
                 self._start_lag(session)
 
+    def has_members(self, room_id: str) -> bool:
+        return bool(self._subscribers.get(room_id))
+
     def subscribed_rooms(self) -> list[str]:
         return list(self._subscribers)
 

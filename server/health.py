@@ -18,7 +18,7 @@ Everything here runs on the Trio loop (no locks): reporters are tasks of the sam
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 import trio
@@ -159,6 +159,9 @@ class ReportingStorage:
 
     async def end_fast_run(self) -> None:
         await self._report(self.inner.end_fast_run())
+
+    async def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+        return await self._report(self.inner.history_after(cursors, limit), write=False)
 
     async def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
         return await self._report(self.inner.cursors_at(room_ids, pk), write=False)

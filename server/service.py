@@ -115,7 +115,11 @@ class MinitalkServer:
         # With PostgreSQL every process is a cluster member: what the others commit and change reaches this one.
         self.follower = (
             ClusterFollower(
-                self.storage, self.registry, self.hub.delivery, check_interval=config.cluster_check_interval
+                self.storage,
+                self.registry,
+                self.hub.delivery,
+                check_interval=config.cluster_check_interval,
+                page=config.catchup_page,
             )
             if config.cluster
             else None

@@ -40,7 +40,7 @@ The contract every engine keeps (the rest of the server relies on each line):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import trio
@@ -119,6 +119,11 @@ class StorageEngine(Protocol):
         ...
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]: ...
+
+    async def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+        """For each room, the oldest ``limit`` messages after its cursor, ascending (rooms without any are
+        left out): what several rooms' new messages are, in one read (a cluster member after a NOTIFY)."""
+        ...
 
     async def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
         """Each room's last seq among its messages with ``pk`` at most the given one (0 where none is)."""

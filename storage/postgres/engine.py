@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -353,6 +353,9 @@ class PostgresEngine:
 
     async def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
         return await self._read(store.cursors_at, tuple(room_ids), pk)
+
+    async def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+        return await self._read(store.history_after, dict(cursors), limit)
 
     async def log_head(self) -> int:
         return await self._write(store.log_head)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import asyncpg
 import msgspec
@@ -316,6 +316,25 @@ async def history(conn: asyncpg.Connection, q: HistoryQuery) -> list[StoredMessa
     if direction == "DESC":
         messages.reverse()
     return messages
+
+
+async def history_after(
+    conn: asyncpg.Connection, cursors: Mapping[str, int], limit: int
+) -> dict[str, list[StoredMessage]]:
+    """Each room's oldest ``limit`` messages after its cursor, in one statement (one index range per room)."""
+    rows = await conn.fetch(
+        f"SELECT {_QUALIFIED_COLUMNS} FROM unnest($1::text[], $2::bigint[]) AS r(room_id, after)"
+        f" CROSS JOIN LATERAL (SELECT {_MESSAGE_COLUMNS} FROM messages"
+        " WHERE room_id = r.room_id AND seq > r.after ORDER BY seq LIMIT $3) AS m ORDER BY m.room_id, m.seq",
+        list(cursors),
+        list(cursors.values()),
+        limit,
+    )
+    pages: dict[str, list[StoredMessage]] = {}
+    for row in rows:
+        message = _message(row)
+        pages.setdefault(message.room_id, []).append(message)
+    return pages
 
 
 async def cursors_at(conn: asyncpg.Connection, room_ids: Sequence[str], pk: int) -> dict[str, int]:

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -199,6 +199,11 @@ class SqliteEngine:
         if self._reader is not None:
             return await self._read(self._reader.cursors_at, tuple(room_ids), pk)
         return await self._call(self._open.cursors_at, tuple(room_ids), pk)
+
+    async def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+        if self._reader is not None:
+            return await self._read(self._reader.history_after, dict(cursors), limit)
+        return await self._call(self._open.history_after, dict(cursors), limit)
 
     async def log_head(self) -> int:
         return await self._call(self._open.log_head)

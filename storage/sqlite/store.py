@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -276,6 +276,9 @@ class SqliteStore:
     def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
         return cursors_at(self._conn, room_ids, pk)
 
+    def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+        return history_after(self._conn, cursors, limit)
+
     def log_head(self) -> int:
         """The highest pk ever given (0 for an empty log)."""
         return self._next_pk - 1
@@ -312,6 +315,14 @@ def read_history(conn: sqlite3.Connection, q: HistoryQuery) -> list[StoredMessag
     return [_message(r) for r in rows]
 
 
+def history_after(conn: sqlite3.Connection, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+    """Each room's oldest ``limit`` messages after its cursor (one range scan per room)."""
+    pages = {
+        room_id: read_history(conn, HistoryQuery(room_id, limit, after_seq=after)) for room_id, after in cursors.items()
+    }
+    return {room_id: rows for room_id, rows in pages.items() if rows}
+
+
 def cursors_at(conn: sqlite3.Connection, room_ids: Sequence[str], pk: int) -> dict[str, int]:
     """Each room's last seq among messages with a pk up to ``pk`` (0 where it has none): where a client whose
     offset is ``pk`` stands. Within a room seq and pk rise together, so this walks the room's index back
@@ -343,6 +354,9 @@ class SqliteReader:
 
     def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
         return cursors_at(self._conn, room_ids, pk)
+
+    def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+        return history_after(self._conn, cursors, limit)
 
     def close(self) -> None:
         self._conn.close()
