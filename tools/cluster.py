@@ -197,6 +197,7 @@ class HaproxyFront:
     ``start()`` renders ``deploy/haproxy.cfg`` into a directory of its own (``workdir``, else a temporary one,
     removed by ``stop()``), checks it with ``haproxy -c``, runs ``haproxy -f <cfg> -db`` and returns once
     HAProxy listens. Its output is kept (``log()``) and, with ``echo``, printed to stderr as ``haproxy| ...``.
+    ``template``: another config text to render instead of ``deploy/haproxy.cfg`` (the tests' control case).
     The backends are named ``app1``, ``app2``, ... in the order of ``ports`` (``servers``).
     """
 
@@ -209,6 +210,7 @@ class HaproxyFront:
         haproxy: Path | None = None,
         workdir: Path | None = None,
         echo: bool = False,
+        template: str | None = None,
     ) -> None:
         self.servers = {server_name(i): port for i, port in enumerate(ports, 1)}
         self.listen_port = listen_port
@@ -217,6 +219,7 @@ class HaproxyFront:
         self._haproxy = haproxy
         self._workdir = workdir
         self._echo = echo
+        self._template = template
         self._own_dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._relays: list[_Relay] = []
@@ -242,7 +245,13 @@ class HaproxyFront:
         try:
             self.stats_socket = directory / "admin.sock"
             self.config_path = directory / "haproxy.cfg"
-            config = render_config(list(self.servers.values()), self.listen_port, self.stats_socket, host=self.host)
+            config = render_config(
+                list(self.servers.values()),
+                self.listen_port,
+                self.stats_socket,
+                host=self.host,
+                template=self._template,
+            )
             self.config_path.write_text(config)
             check_config(haproxy, self.config_path)
             # Its own process group: a terminal's Ctrl-C reaches only the tool, which stops HAProxy in turn.
