@@ -208,7 +208,7 @@ async def test_without_the_stick_rules_polling_breaks(nursery: trio.Nursery, pg_
 
 async def test_python_socketio_upgrades_to_websocket_through_the_front(cluster: Cluster, peers: list[Peer]) -> None:
     async with httpx.AsyncClient(base_url=cluster.url, timeout=30) as http:
-        tokens = await make_users(http, ["w"])
+        tokens = await make_users(http, ["w", "direct"])
     # The load test's client: default transports (polling, then the upgrade), its "Connection: keep-alive".
     peer = await connect(peers, cluster.url, "w", tokens["w"])
     await wait_until(lambda: peer.transport == "websocket")
@@ -218,6 +218,11 @@ async def test_python_socketio_upgrades_to_websocket_through_the_front(cluster: 
     for name, backend in cluster.backends.items():
         assert await gauge(backend.url, "websocket") == (1 if name == home else 0)
         assert await gauge(backend.url, "polling") == 0
+    # A websocket from the start: one connection, no sid to learn, any process.
+    direct = await connect(peers, cluster.url, "direct", tokens["direct"], transports=["websocket"])
+    assert direct.transport == "websocket"
+    assert (await direct.call("send_message", {"roomId": "no-such-room", "content": "x"}))["ok"] is False
+    assert sum([await gauge(b.url, "websocket") for b in cluster.backends.values()]) == 2
 
 
 async def test_frontend_client_connects_and_upgrades_through_the_front(cluster: Cluster, nursery: trio.Nursery) -> None:
