@@ -7,8 +7,10 @@ STAMP  := $(VENV)/.installed
 PY27     ?= $(HOME)/.pyenv/versions/2.7.18/bin/python
 AB_VENV  ?= .autobahn-venv
 AB_STAMP := $(AB_VENV)/.installed
+# make run-cluster: how many server processes behind HAProxy.
+N ?= 3
 
-.PHONY: run run-postgres test lint typecheck unit clean autobahn
+.PHONY: run run-postgres run-cluster test lint typecheck unit clean autobahn
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +26,13 @@ run: $(STAMP)
 ## DATABASE_URL pointing at it; Ctrl-C stops both. PG_ARGS="--port 5433" if 5432 is taken. README: "On PostgreSQL".
 run-postgres: $(STAMP)
 	$(BIN)/python -m tools.pg_cluster serve --data ./data/pg $(PG_ARGS) -- $(BIN)/python -m server $(ARGS)
+
+## N server processes (default 3) on that local PostgreSQL, behind HAProxy on 127.0.0.1:4000 (haproxy is installed
+## with apt-get when missing and root). ARGS="--port 5000 --pg-port 5433 -- --log-level warning": the tool's
+## options, then the servers' after --. Ctrl-C stops HAProxy, the servers, PostgreSQL. README: "Several processes
+## behind HAProxy".
+run-cluster: $(STAMP)
+	$(BIN)/python -m tools.cluster run --processes $(N) $(ARGS)
 
 ## Install everything and run the whole suite: lint, type check, tests.
 test: $(STAMP) lint typecheck unit
