@@ -106,7 +106,7 @@ class ClusterFollower:
             packets.append(stored_packet(row))
         if packets and self._registry.head(room_id) == after:
             self.fetched_messages += len(packets)
-            self._delivery.publish(room_id, packets, after + 1)
+            self._delivery.publish_fetched(room_id, packets, after + 1)
             self._registry.committed_seq(room_id, after + len(packets))
             if after + len(packets) < target:  # more than a page: the next round reads on
                 self._wanted[room_id] = max(target, self._wanted.get(room_id, 0))

@@ -153,6 +153,13 @@ class Delivery:
             if not session.lagging:
                 session.send(offset)
 
+    def publish_fetched(self, room_id: str, packets: list[bytes], first_seq: int) -> None:
+        """Another process's messages, read from the log: pushed as a local commit is, offsets included."""
+        if self.offsets and self.exact_offsets:
+            self._publish_with_cursors({room_id: (first_seq, packets)})
+        else:
+            self.publish(room_id, packets, first_seq)
+
     def _publish_with_cursors(self, runs: dict[str, tuple[int, list[bytes]]]) -> None:
         """Cluster mode: each member that got some of the batch is told its exact cursors (one offset each)."""
         pushed: set[Session] = set()

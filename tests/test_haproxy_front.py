@@ -27,6 +27,7 @@ import trio
 
 from tests.node_peer import NodeClient, node_or_skip
 from tests.pg_fixtures import postgres_bin_dir, temp_data_dir
+from tests.raw_client import raw_client
 from tests.server_process import ROOT, ServerProcess, start_server_process
 from tests.sio_peer import Peer, make_room, make_users, wait_until
 from tools.cluster import (
@@ -345,3 +346,43 @@ async def test_run_command_starts_everything_and_stops_it_in_order(nursery: trio
         ]
         assert b"app1| " in err and b"app2| " in err, "each server's log, named"
         assert not PgCluster(data, bin_dir=bin_dir).is_running()
+
+
+async def test_kill_9_of_a_clients_process_it_recovers_on_another_through_the_front(
+    cluster: Cluster, nursery: trio.Nursery
+) -> None:
+    """The frontend's client on one process; messages sent through the other; its process is killed: it
+    reconnects through HAProxy to the survivor, recovers from the log, and shows every message exactly once."""
+    node_exe = node_or_skip()
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=30) as http:
+        tokens = await make_users(http, ["f", "s"])
+        room = await make_room(http, tokens["s"], ["f"])
+    node = await NodeClient.start(nursery, node_exe, cluster.url, tokens["f"])
+    try:
+        await wait_until(lambda: bool(node.of("upgrade")))
+        homes = [name for name, b in cluster.backends.items() if await gauge(b.url, "websocket") == 1]
+        assert len(homes) == 1, node.describe()
+        victim = cluster.backends[homes[0]]
+        [survivor] = [b for name, b in cluster.backends.items() if name != homes[0]]
+        acked: list[int] = []
+        async with raw_client(survivor.url, tokens["s"]) as sender:
+            for i in range(1, 301):
+                await sender.emit("send_message", {"roomId": room, "content": f"m{i}"}, ack_id=i)
+                while True:
+                    event, data = await sender.next_event()
+                    if event == f"ack:{i}":
+                        assert data["ok"], data
+                        acked.append(data["seq"])
+                        break
+                if i == 100:
+                    await wait_until(lambda: len(node.messages) >= 50, within=10)
+                    victim.proc.kill()  # kill -9: its sessions vanish without a close
+                await trio.sleep(0.01)
+        await wait_until(lambda: len(node.messages) >= 300, within=30)
+        await trio.sleep(0.5)  # a duplicate would arrive about now
+        seqs = [m["seq"] for m in node.messages if m["roomId"] == room]
+        assert acked == list(range(1, 301))
+        assert seqs == list(range(1, 301)), f"missing {sorted(set(acked) - set(seqs))[:10]}, {len(seqs)} shown"
+        assert len(node.connects) == 2 and node.connects[-1]["recovered"] is True, node.describe()
+    finally:
+        await node.exit()
