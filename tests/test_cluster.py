@@ -8,8 +8,10 @@ from pathlib import Path
 import httpx
 import trio
 
+from storage.postgres.store import _notice
 from tests.chat_load import ChatLoad, read_history
 from tests.conftest import bearer
+from tests.raw_client import raw_client
 from tests.server_process import ROOT, ServerProcess, start_server_process
 from tests.sio_peer import make_room, make_users, wait_until
 from tools.pg_cluster import PgCluster
@@ -56,14 +58,14 @@ def spread(load: ChatLoad, servers: list[ServerProcess]) -> None:
         load.member_urls[name] = servers[i % len(servers)].url
 
 
-async def room_known(server: ServerProcess, load: ChatLoad) -> None:
+async def room_known(server: ServerProcess, token: str, room: str) -> None:
     """Wait until the room (created through another process) is listed by this one: its NOTIFY arrived."""
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         with trio.fail_after(10):
             while True:
-                r = await http.get("/api/chatrooms", headers=bearer(load.tokens["s1"]))
+                r = await http.get("/api/chatrooms", headers=bearer(token))
                 assert r.status_code == 200, r.text
-                if load.room in [room.get("roomId", room.get("_id")) for room in r.json()]:
+                if room in [room.get("roomId", room.get("_id")) for room in r.json()]:
                     return
                 await trio.sleep(0.05)
 
@@ -89,7 +91,7 @@ async def test_one_room_across_processes_everyone_gets_every_message_once_in_ord
     load = await ChatLoad.create(servers[0].url, senders=6)
     spread(load, servers)
     for server in servers[1:]:
-        await room_known(server, load)
+        await room_known(server, load.tokens["s1"], load.room)
     await load.run(pace=0.005, count=100)
     assert len(load.acked) == 600, f"{len(load.acked)} acked, {load.failed_acks} failed, errors {load.errors}"
     seqs = await check_everyone_got_everything(load, servers)
@@ -148,7 +150,7 @@ async def test_the_listen_connection_cut_under_traffic_loses_nothing(
 ) -> None:
     servers = await start_members(nursery, pg_url, 2)
     load = await ChatLoad.create(servers[0].url, senders=4)
-    await room_known(servers[1], load)
+    await room_known(servers[1], load.tokens["s1"], load.room)
     spread(load, servers)
     async with trio.open_nursery() as senders:
         senders.start_soon(lambda: load.run(pace=0.005, count=300))
@@ -172,7 +174,7 @@ async def test_the_listen_connection_cut_under_traffic_loses_nothing(
 async def test_kill_9_of_one_process_under_load_loses_nothing_acked(nursery: trio.Nursery, pg_url: str) -> None:
     servers = await start_members(nursery, pg_url, 2)
     load = await ChatLoad.create(servers[0].url, senders=4)
-    await room_known(servers[1], load)
+    await room_known(servers[1], load.tokens["s1"], load.room)
     spread(load, servers)  # s0, s2 on the survivor; s1, s3 on the victim
     async with trio.open_nursery() as senders:
         senders.start_soon(lambda: load.run(pace=0.003, count=400))
@@ -186,3 +188,29 @@ async def test_kill_9_of_one_process_under_load_loses_nothing_acked(nursery: tri
     for name in ("s0", "s2"):
         assert load.received[name] == seqs, f"{name} differs from the log"
     assert await survivor.terminate() == 0
+
+
+async def test_a_send_retried_on_another_process_gets_the_original_ack(nursery: trio.Nursery, pg_url: str) -> None:
+    """A client whose process died sends again through another: the idempotency key finds the stored row."""
+    a, b = await start_members(nursery, pg_url, 2)
+    async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
+        tokens = await make_users(http, ["ann"])
+        room = await make_room(http, tokens["ann"], [])
+    await room_known(b, tokens["ann"], room)
+    acks = []
+    for server in (a, b, a):
+        async with raw_client(server.url, tokens["ann"]) as client:
+            await client.emit("send_message", {"roomId": room, "content": "hi", "clientMsgId": "k1"}, ack_id=1)
+            while (event := await client.next_event())[0] != "ack:1":
+                pass
+            acks.append(event[1])
+    assert acks[0]["ok"] and acks[1] == acks[0] == acks[2], acks
+    assert [row["seq"] for row in await read_history(b.url, tokens["ann"], room)] == [1]
+    for server in (a, b):
+        assert await server.terminate() == 0
+
+
+def test_a_notice_too_big_for_notify_becomes_a_resync() -> None:
+    heads = {f"room-{i:05d}-{'x' * 30}": i for i in range(400)}  # ~20 KB of (room, seq) pairs
+    assert _notice("me", r=heads) == '{"o":"me","resync":true}'
+    assert _notice("me", r={"r1": 7}) == '{"o":"me","r":{"r1":7}}'

@@ -25,6 +25,7 @@ import pytest
 import socketio
 import trio
 
+from tests.conftest import bearer
 from tests.node_peer import NodeClient, node_or_skip
 from tests.pg_fixtures import postgres_bin_dir, temp_data_dir
 from tests.raw_client import raw_client
@@ -384,5 +385,45 @@ async def test_kill_9_of_a_clients_process_it_recovers_on_another_through_the_fr
         assert acked == list(range(1, 301))
         assert seqs == list(range(1, 301)), f"missing {sorted(set(acked) - set(seqs))[:10]}, {len(seqs)} shown"
         assert len(node.connects) == 2 and node.connects[-1]["recovered"] is True, node.describe()
+    finally:
+        await node.exit()
+
+
+async def test_one_room_over_both_processes_through_the_front_python_socketio_and_the_frontend_client(
+    cluster: Cluster, peers: list[Peer], nursery: trio.Nursery
+) -> None:
+    """The load test's client (python-socketio) and the frontend's (socket.io-client) in one room, spread over
+    both processes: each gets every message once, in seq order; history is the same through either process."""
+    node_exe = node_or_skip()
+    names = ["p0", "p1", "p2", "p3"]
+    async with httpx.AsyncClient(base_url=cluster.url, timeout=30) as http:
+        tokens = await make_users(http, [*names, "f"])
+        room = await make_room(http, tokens["p0"], [*names[1:], "f"])
+    sio = [await connect(peers, cluster.url, name, tokens[name]) for name in names]
+    node = await NodeClient.start(nursery, node_exe, cluster.url, tokens["f"])
+    try:
+        await wait_until(lambda: bool(node.connects))
+        homes = {await cluster.home(peer) for peer in sio if peer.transport == "polling"} | {
+            name for name, b in cluster.backends.items() if await gauge(b.url, "websocket")
+        }
+        assert homes == set(cluster.backends), "the members are spread over both processes"
+        for i in range(25):
+            for peer in sio:
+                ack = await peer.call("send_message", {"roomId": room, "content": f"{peer.name}-{i}"})
+                assert ack["ok"], ack
+        everything = list(range(1, 101))
+        await wait_until(lambda: all(len(p.received("message")) >= 100 for p in sio) and len(node.messages) >= 100)
+        await trio.sleep(0.5)  # a duplicate would arrive about now
+        for peer in sio:
+            assert [m["seq"] for m in peer.received("message")] == everything, peer.name
+        assert [m["seq"] for m in node.messages] == everything, node.describe()
+        histories = []
+        for backend in cluster.backends.values():
+            async with httpx.AsyncClient(base_url=backend.url, timeout=30) as http:
+                r = await http.get(
+                    f"/api/chatrooms/{room}/messages", params={"limit": 1000}, headers=bearer(tokens["f"])
+                )
+                histories.append(r.json())
+        assert histories[0] == histories[1] and [m["seq"] for m in histories[0]] == everything
     finally:
         await node.exit()
