@@ -352,6 +352,18 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
                 f" | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,} | {s['server_cpu_percent']:,.0f}"
                 f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']} |"
             )
+    crossed = [(r, s) for r in ramps for s in r["steps"] if "cross_p99_ms" in s]
+    if crossed:
+        lines += [
+            "",
+            "Deliveries of messages sent through another process of the cluster (the NOTIFY hop and the read):",
+            "",
+        ]
+        lines += ["| target | offered msgs/s | cross-process p50 ms | cross-process p99 ms |", "|---|---|---|---|"]
+        for r, s in crossed:
+            lines.append(
+                f"| {r['target']} | {_rate(s['rate'])} | {s['cross_p50_ms']:,.1f} | {s['cross_p99_ms']:,.1f} |"
+            )
     return "\n".join(lines)
 
 

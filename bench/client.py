@@ -126,6 +126,7 @@ class Client:
             await self._watched_loop(self.watch)
             return
         stats = self.stats
+        remote = stats.remote_senders
         while True:
             data = await self.stream.receive_some(_READ)
             if not data:
@@ -142,7 +143,10 @@ class Client:
                     if tracker is None:
                         tracker = self.trackers[key] = StreamTracker()
                     tracker.see(int(n))
-                    stats.delivery((now - int(sched)) // 1000)
+                    latency = (now - int(sched)) // 1000
+                    stats.delivery(latency)
+                    if remote and int(sender) in remote:
+                        stats.cross_latency.record(latency)  # sent through another process of a cluster
                 else:
                     self._on_ack(int(ack), body, now)
             self._tail = buf[max(end, len(buf) - _TAIL) :]
@@ -267,6 +271,10 @@ class Stats:
     def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.delivery_latency = Histogram()
         self.ack_latency = Histogram()
+        # A cluster: the senders whose messages went through another process than this worker's members,
+        # and those deliveries' latency (the NOTIFY hop and the read), also counted in delivery_latency.
+        self.remote_senders: frozenset[int] = frozenset()
+        self.cross_latency = Histogram()
         self.sent = 0
         self.acked = 0
         self._delivered = 0  # checked deliveries (this loop's thread only)

@@ -66,6 +66,8 @@ class Result(msgspec.Struct, kw_only=True):
     counts: dict[str, int]
     throughput: dict[str, float]
     delivery_latency_ms: dict[str, float]
+    # A cluster (several target URLs): the deliveries of messages sent through another process than the member's.
+    cross_latency_ms: dict[str, float] = {}
     ack_latency_ms: dict[str, float]
     timeline: list[dict[str, float]]
     server_resources: list[dict[str, float]]

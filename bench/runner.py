@@ -106,6 +106,8 @@ def plan_workers(
     ports = [port, *(check_loopback(url)[1] for url in target.more_urls)]
     plans = []
     for w in range(workers):
+        # User u is worker u mod workers's (members[w::workers]), and worker w drives process w mod len(ports).
+        remote = [u for u in range(scenario.users) if (u % workers) % len(ports) != w % len(ports)]
         mine = members[w::workers]
         cpu = [cpus[w % len(cpus)]] if cpus else []
         plans.append(
@@ -120,6 +122,7 @@ def plan_workers(
                 scenario.padding,
                 cpu,
                 slow_for=scenario.slow_for,
+                remote_senders=remote if len(ports) > 1 else [],
             )
         )
     return [p for p in plans if p.members]
@@ -335,10 +338,12 @@ def _result(
         churn = {}
     elif history.count:
         churn |= {"history_p50_ms": history.percentile_ms(50), "history_p99_ms": history.percentile_ms(99)}
-    delivery, ack = Histogram(), Histogram()
+    delivery, ack, cross = Histogram(), Histogram(), Histogram()
     for rep in reports:
         delivery.add(Histogram.decode(rep.delivery_hist))
         ack.add(Histogram.decode(rep.ack_hist))
+        if rep.cross_hist:
+            cross.add(Histogram.decode(rep.cross_hist))
     sent = sum(r.sent for r in reports)
     acked = sum(r.acked for r in reports)
     duration = scenario.duration
@@ -410,6 +415,7 @@ def _result(
             "deliveries_per_s": round(totals.delivered / duration, 1),
         },
         delivery_latency_ms=delivery.summary_ms(),
+        cross_latency_ms=cross.summary_ms() if cross.count else {},
         ack_latency_ms=ack.summary_ms(),
         timeline=_timeline(reports),
         server_resources=sampler.samples,

@@ -116,6 +116,9 @@ def ramp(
             "client_cpu_percent": max(result.client_cpu_percent, default=0.0),
             "errors": len(result.errors),
         }
+        if result.cross_latency_ms:  # a cluster: messages that crossed to another process
+            step["cross_p50_ms"] = result.cross_latency_ms["p50"]
+            step["cross_p99_ms"] = result.cross_latency_ms["p99"]
         steps.append(step)
         if on_step:
             on_step(step)

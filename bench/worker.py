@@ -49,6 +49,7 @@ class WorkerPlan(msgspec.Struct, frozen=True):
     cpus: list[int] = []
     churn_every: float = 3.0  # mixed scenario: seconds between a churner's actions
     slow_for: float = 0.0  # slow-readers scenario: seconds from the start during which slow members read slowly
+    remote_senders: list[int] = []  # a cluster: users whose sends go through another process than this worker's
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
@@ -73,6 +74,7 @@ class WorkerReport(msgspec.Struct, frozen=True):
     # (member, seconds since the start) each time the server closed or reset a member's connection; NaN: a
     # count-only member (its reader thread does not time it). Nobody reconnects, except the mixed scenario's churners.
     disconnects: list[tuple[int, float]] = []
+    cross_hist: str = ""  # a cluster: deliveries of messages sent through another process
     slow: list[SlowReadStats] = []  # slow-readers scenario: what each slow member observed
     slow_hist: str = ""  # the slow members' delivery latency
     slow_timeline: list[str] = []  # ... per second
@@ -92,6 +94,7 @@ def main(plan_bytes: bytes, queue: Any, start_event: Any, start_at: Any) -> None
 
 async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) -> WorkerReport:
     stats = Stats()
+    stats.remote_senders = frozenset(plan.remote_senders)
     clients = await _connect_all(plan, stats)
     queue.put(("ready", plan.worker))
     await trio.to_thread.run_sync(start_event.wait)
@@ -141,6 +144,7 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
         slow=[c.watch.stats() for c in clients if c.watch is not None],
         slow_hist=stats.slow_latency.encode(),
         slow_timeline=stats.slow_timeline,
+        cross_hist=stats.cross_latency.encode() if stats.remote_senders else "",
     )
 
 

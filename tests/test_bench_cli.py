@@ -11,10 +11,12 @@ import msgspec
 import pytest
 
 from bench import __main__ as cli
+from bench import scenarios
 from bench.compare import compare_stress
 from bench.peers import launch
 from bench.result import Result, StressRecord, load_any
-from bench.target import TargetError
+from bench.runner import plan_workers
+from bench.target import Target, TargetError
 from tests.server_process import ROOT
 
 COMMITTED_RAMPS = ROOT / "docs" / "bench" / "20261123T092331-peers-quick-stress.json"
@@ -161,3 +163,26 @@ def test_the_ratio_table_divides_ours_by_each_peer() -> None:
     assert len(lines) == 4  # ours against peers only, never peer against peer
     without_ramps = cli.ratio_table(results, [])
     assert "(run with --stress)" in without_ramps
+
+
+def test_a_cluster_target_spreads_workers_over_its_processes_and_knows_who_crosses() -> None:
+    """Worker w drives process w mod n; a sender is remote to a worker when its own worker is on another."""
+    scenario = scenarios.preset("quick", 5)
+    cluster = Target("cluster", "http://127.0.0.1:4801", pid=None, settings={})
+    cluster.more_urls = ["http://127.0.0.1:4802"]
+    users = scenario.users
+    plans = plan_workers(
+        scenario, cluster, tokens=["t"] * users, room_ids=["r"] * len(scenario.rooms), workers=4, cpus=[]
+    )
+    assert [p.port for p in plans] == [4801, 4802, 4801, 4802]
+    for plan in plans:
+        mine = {m.index for m in plan.members}
+        assert not mine & set(plan.remote_senders), "a worker's own members are local to it"
+        assert set(plan.remote_senders) == {u for u in range(users) if (u % 4) % 2 != plan.worker % 2}
+    single = Target("one", "http://127.0.0.1:4801", pid=None, settings={})
+    assert all(
+        not p.remote_senders
+        for p in plan_workers(
+            scenario, single, tokens=["t"] * users, room_ids=["r"] * len(scenario.rooms), workers=2, cpus=[]
+        )
+    )
