@@ -37,6 +37,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
 
+from tools.debian import apt_install, can_install
 from tools.pg_cluster import (
     MAX_SOCKET_PATH,
     PgCluster,
@@ -85,15 +86,10 @@ def ensure_haproxy() -> Path:
     try:
         return find_haproxy()
     except HaproxyUnavailable:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        if not can_install():
             raise
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "haproxy"]
-    # A fresh container often has no package lists yet: update only when the plain install fails. The package
-    # does not start its service in a container (no init), and we never use that service: we run our own.
-    if subprocess.run(install, env=env, check=False, timeout=TOOL_TIMEOUT).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=False, timeout=TOOL_TIMEOUT)
-        subprocess.run(install, env=env, check=False, timeout=TOOL_TIMEOUT)
+    # The package does not start its service in a container (no init), and we never use it: we run our own.
+    apt_install("haproxy")
     return find_haproxy()
 
 

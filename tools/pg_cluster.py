@@ -30,6 +30,8 @@ from types import FrameType, TracebackType
 from typing import Literal
 from urllib.parse import quote
 
+from tools.debian import apt_install, can_install
+
 SUPERUSER = "minitalk"
 OS_USER = "postgres"  # who runs the server when we are root: Debian's package creates this user
 DEFAULT_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
@@ -79,14 +81,9 @@ def ensure_installed() -> Path:
     try:
         return find_bin_dir()
     except PostgresUnavailable:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        if not can_install():
             raise
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "postgresql"]
-    # A fresh container often has no package lists yet: update only when the plain install fails.
-    if subprocess.run(install, env=env, check=False).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=False)
-        subprocess.run(install, env=env, check=False)
+    apt_install("postgresql")
     return find_bin_dir()
 
 

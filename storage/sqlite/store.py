@@ -37,7 +37,22 @@ def _message(row: tuple[str, str, int, str, str, str, str, str | None, int]) -> 
     return StoredMessage(*row)
 
 
-class SqliteStore:
+class _LogReads:
+    """The log reads both connections serve (the writer's for an in-memory database, the reader's otherwise)."""
+
+    _conn: sqlite3.Connection
+
+    def history(self, q: HistoryQuery) -> list[StoredMessage]:
+        return read_history(self._conn, q)
+
+    def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
+        return cursors_at(self._conn, room_ids, pk)
+
+    def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
+        return history_after(self._conn, cursors, limit)
+
+
+class SqliteStore(_LogReads):
     """One connection, one thread: see the module docstring."""
 
     def __init__(self, path: str, *, synchronous: Synchronous = "FULL", busy_timeout: float = 5.0) -> None:
@@ -270,15 +285,6 @@ class SqliteStore:
                     found[key] = stored
         return found
 
-    def history(self, q: HistoryQuery) -> list[StoredMessage]:
-        return read_history(self._conn, q)
-
-    def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
-        return cursors_at(self._conn, room_ids, pk)
-
-    def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
-        return history_after(self._conn, cursors, limit)
-
     def log_head(self) -> int:
         """The highest pk ever given (0 for an empty log)."""
         return self._next_pk - 1
@@ -336,7 +342,7 @@ def cursors_at(conn: sqlite3.Connection, room_ids: Sequence[str], pk: int) -> di
     return cursors
 
 
-class SqliteReader:
+class SqliteReader(_LogReads):
     """A second connection, on a thread of its own, for history and catch-up reads.
 
     Why: in WAL mode readers never block the writer nor wait for it, but one connection on one thread runs
@@ -348,15 +354,6 @@ class SqliteReader:
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         self._conn.execute("PRAGMA query_only = ON")  # this connection never writes: a bug here cannot either
-
-    def history(self, q: HistoryQuery) -> list[StoredMessage]:
-        return read_history(self._conn, q)
-
-    def cursors_at(self, room_ids: Sequence[str], pk: int) -> dict[str, int]:
-        return cursors_at(self._conn, room_ids, pk)
-
-    def history_after(self, cursors: Mapping[str, int], limit: int) -> dict[str, list[StoredMessage]]:
-        return history_after(self._conn, cursors, limit)
 
     def close(self) -> None:
         self._conn.close()

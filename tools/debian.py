@@ -1,0 +1,24 @@
+"""Installing a Debian package the project's tools need (PostgreSQL, HAProxy), when we may."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+APT_TIMEOUT = 900.0  # seconds: a slow mirror, not a hang
+
+
+def can_install() -> bool:
+    """Root on a machine with apt-get: the tools install what they need instead of failing."""
+    return os.geteuid() == 0 and shutil.which("apt-get") is not None
+
+
+def apt_install(package: str) -> None:
+    """``apt-get install -y package``; a fresh container often has no package lists yet, so they are updated
+    only when the plain install fails. The caller checks for the result (the install may still fail)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", package]
+    if subprocess.run(install, env=env, check=False, timeout=APT_TIMEOUT).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, check=False, timeout=APT_TIMEOUT)
+        subprocess.run(install, env=env, check=False, timeout=APT_TIMEOUT)
