@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -86,6 +87,8 @@ class ChatApp:
         self.accepting = True
         self.batcher: WriteBehindBatcher[Ticket] | None = None
         self.send_limit: SendRateLimit | None = None  # set by the service; None: no per-connection limit
+        # Set by the service in a cluster (PostgreSQL): read one room again before telling someone "not a member".
+        self.refresh_room: Callable[[str], Awaitable[None]] | None = None
 
     async def on_connect(self, session: Session, data: str) -> None:
         """CONNECT: authenticate, join every room the user is in (§3.2), and recover if the client asks.
@@ -114,8 +117,7 @@ class ChatApp:
         session.send(connect_reply(session.sio_sid, pid))
         for room in self.registry.rooms_of(user):
             self.hub.delivery.subscribe(session, room.room_id, cursors.get(room.room_id))
-        if self.hub.delivery.exact_offsets:
-            self.hub.delivery.send_cursors(session)  # where it stands, exactly (the pid's pk may not be)
+        self._send_cursors(session)  # where it stands, exactly (the pid's pk may not be)
         self.hub.delivery.catch_up_if_behind(session)
 
     async def _recovered_cursors(self, rooms: list[str], position: Position, pid: str) -> dict[str, int]:
@@ -142,18 +144,39 @@ class ChatApp:
             await self._send_message(session, event, packet.ack_id)
         elif isinstance(event, JoinRoom):
             room_id = event.data.roomId
-            if self.registry.is_member(room_id, session.user or ""):
+            if await self._is_member(room_id, session.user or ""):
                 self.hub.delivery.subscribe(session, room_id)
                 session.send(event_packet("joined_room", {"roomId": room_id}))
+                self._send_cursors(session)
             else:
                 session.send(error_packet(ERR_NOT_MEMBER))
         elif isinstance(event, LeaveRoom):
             self.hub.delivery.unsubscribe(session, event.data.roomId)
             session.send(event_packet("left_room", {"roomId": event.data.roomId}))
+            self._send_cursors(session)
         elif isinstance(event, Rejected):
             self._reject(session, event.message, packet.ack_id if event.event == "send_message" else None)
         else:
             assert isinstance(event, Ignored)
+
+    async def _is_member(self, room_id: str, user: str) -> bool:
+        """Membership from memory; in a cluster, a "no" is checked against storage once before it is given: the
+        room may have been created, or the user invited, through another process one NOTIFY ago."""
+        if self.registry.is_member(room_id, user):
+            return True
+        if self.refresh_room is None:
+            return False
+        try:
+            await self.refresh_room(room_id)
+        except StorageError as exc:
+            log.warning("could not read room %s again: %s", room_id, exc)
+            return False
+        return self.registry.is_member(room_id, user)
+
+    def _send_cursors(self, session: Session) -> None:
+        """Cluster mode: the member's exact place after its rooms changed (a reconnect resumes from it)."""
+        if self.hub.delivery.exact_offsets:
+            self.hub.delivery.send_cursors(session)
 
     def _reject(self, session: Session, message: str, ack_id: int | None) -> None:
         self.hub.metrics.messages_rejected.inc()
@@ -180,7 +203,8 @@ class ChatApp:
             # never fails the group commit that carries other senders' messages.
             self._reject(session, ERR_NUL, ack_id)
             return
-        if not self.registry.is_member(data.roomId, user):
+        # The memory check first: no coroutine on the hot path when the answer is yes.
+        if not self.registry.is_member(data.roomId, user) and not await self._is_member(data.roomId, user):
             self._reject(session, ERR_NOT_MEMBER, ack_id)
             return
         ticket = Ticket(session, ack_id)

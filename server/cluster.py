@@ -33,6 +33,8 @@ from storage.records import LogAdvanced, Resync, RoomsChanged, StorageChange, St
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 0.5  # after a failed read of another process's change: storage is failing, and will be retried
+
 
 class ClusterFollower:
     def __init__(
@@ -68,6 +70,8 @@ class ClusterFollower:
         """Rooms' stored heads (seen by a watch or a check): rooms with local members have their new messages
         fetched and pushed live; a room nobody here is in only has its head moved."""
         for room_id, seq in heads.items():
+            if self._registry.get(room_id) is None:
+                continue  # not known here (yet): its RoomsChanged reload brings it with its head
             if seq <= self._registry.head(room_id):
                 continue
             if not self._delivery.has_members(room_id):
@@ -86,7 +90,7 @@ class ClusterFollower:
             self._fetch_wake = trio.Event()
             while self._wanted:
                 wanted, self._wanted = self._wanted, {}
-                afters = {room: self._registry.head(room) for room in wanted}
+                afters = {room: self._registry.head(room) for room in wanted if self._registry.get(room) is not None}
                 afters = {room: after for room, after in afters.items() if wanted[room] > after}
                 if not afters:
                     continue
@@ -128,8 +132,15 @@ class ClusterFollower:
                     self.resyncs += 1
                     await self._reload(None)
             except StorageError as exc:
-                # Storage is failing (the batcher and /ready say so too): the next check compares again.
-                log.warning("could not apply a change made by another process (%s); the next check will", exc)
+                # Storage is failing (the batcher and /ready say so too): try the same change again shortly.
+                log.warning("could not apply a change made by another process (%s); retrying", exc)
+                await trio.sleep(RETRY_S)
+                self._changes_in.send_nowait(change)
+
+    async def refresh(self, room_id: str) -> None:
+        """Read one room again now: a request that names a room this process does not know (yet), or a member
+        it does not list (yet), may be one NOTIFY ahead of it (created or invited through another process)."""
+        await self._reload([room_id])
 
     async def _reload(self, room_ids: list[str] | None) -> None:
         records = await self._storage.load_rooms(room_ids)

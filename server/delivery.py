@@ -94,7 +94,13 @@ class Delivery:
         if room_id in session.cursors:
             return
         head = self._head(room_id)
-        session.cursors[room_id] = head if cursor is None else min(cursor, head)
+        if cursor is None:
+            cursor = head
+        elif not self.exact_offsets:
+            cursor = min(cursor, head)
+        # Cluster mode keeps a cursor past this process's head as given: the client got those messages through
+        # another process, and this one has not heard of them yet (clamping would push them twice).
+        session.cursors[room_id] = cursor
         self._subscribers.setdefault(room_id, set()).add(session)
 
     def catch_up_if_behind(self, session: Session) -> None:

@@ -124,6 +124,8 @@ class MinitalkServer:
             if config.cluster
             else None
         )
+        if self.follower is not None:
+            self.chat.refresh_room = self.follower.refresh
         if config.message_rate > 0:
             self.chat.send_limit = SendRateLimit(config.message_rate, config.message_burst, self.metrics.rate_limited)
         self.metrics.bind(self.hub.statistics, self.batcher.queue_depth)

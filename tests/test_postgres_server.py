@@ -15,6 +15,7 @@ from collections import Counter
 import httpx
 import trio
 
+from storage.postgres.engine import PostgresEngine
 from tests.chat_load import ChatLoad, read_history
 from tests.server_process import ROOT, ServerProcess, start_server_process
 from tests.sio_peer import wait_until
@@ -67,7 +68,7 @@ async def test_chat_on_postgres_survives_a_server_restart(nursery: trio.Nursery,
     load = await ChatLoad.create(server.url, senders=3)
     await load.run(pace=0.002, count=100)
     assert len(load.acked) == 300, f"{len(load.acked)} acked, {load.failed_acks} failed, errors {load.errors}"
-    assert await server.terminate() == 0
+    assert await server.terminate() == 0, server.log.decode()[-3000:]
 
     server = await start_server_process(nursery, server_args(pg_url))
     assert await check_stored(server, load) == list(range(1, 301))
@@ -77,7 +78,7 @@ async def test_chat_on_postgres_survives_a_server_restart(nursery: trio.Nursery,
     assert sorted(more.acked.values()) == list(range(301, 331))
     load.acked.update(more.acked)
     await check_stored(server, load)
-    assert await server.terminate() == 0
+    assert await server.terminate() == 0, server.log.decode()[-3000:]
 
 
 async def test_database_restart_mid_bombing_loses_and_repeats_nothing(
@@ -102,7 +103,7 @@ async def test_database_restart_mid_bombing_loses_and_repeats_nothing(
         senders.cancel_scope.cancel()
     assert load.failed_acks == 0, "a restart within the outage budget answers no sender with a failure"
     await check_stored(server, load)
-    assert await server.terminate() == 0
+    assert await server.terminate() == 0, server.log.decode()[-3000:]
 
 
 async def test_an_outage_past_the_budget_answers_senders(
@@ -123,7 +124,7 @@ async def test_an_outage_past_the_budget_answers_senders(
         await wait_until(lambda: len(load.acked) >= acked_after + 50, within=30)
         senders.cancel_scope.cancel()
     await check_stored(server, load)
-    assert await server.terminate() == 0
+    assert await server.terminate() == 0, server.log.decode()[-3000:]
 
 
 async def test_two_servers_starting_at_once_do_not_race_on_migrations(nursery: trio.Nursery, pg_url: str) -> None:
@@ -143,7 +144,7 @@ async def test_two_servers_starting_at_once_do_not_race_on_migrations(nursery: t
         r = await http.post("/api/auth/signup", json={"username": "alice", "password": "pw"})
         assert r.status_code == 201, r.text
     for server in servers:
-        assert await server.terminate() == 0
+        assert await server.terminate() == 0, server.log.decode()[-3000:]
 
 
 async def test_fast_mode_on_postgres_is_refused_in_one_line() -> None:
@@ -182,3 +183,17 @@ async def main() -> None:
 
 trio.run(main)
 """
+
+
+async def test_an_unretrieved_asyncio_error_is_logged_not_raised(pg_url: str) -> None:
+    """trio-asyncio's default raises such errors (a future a dropped connection left behind) into its loop's
+    nursery: that ended the engine, and the process, at a shutdown. The engine logs them instead."""
+    engine = PostgresEngine(pg_url)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        engine._loop.call_exception_handler(
+            {"message": "Future exception was never retrieved", "exception": ConnectionError("gone")}
+        )
+        await trio.sleep(0.1)
+        assert await engine.log_head() == 0, "the engine still answers"
+        nursery.cancel_scope.cancel()

@@ -24,6 +24,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import asyncpg
@@ -74,7 +75,17 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 # switch to a generic plan chosen while the tables were nearly empty: measured on the quick preset, the
 # stored-rows lookup of group commit went from 0.4 ms to 64-148 ms (a sequential scan) as the log grew, and
 # commits from 6 to 60 ms. Planning these small statements costs well under a millisecond.
-SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+#
+# A process cut off from the network mid-commit (no FIN, no RST) would hold the log lock, and every commit in
+# the cluster would wait for it, for as long as PostgreSQL takes to notice (TCP keepalive: two hours by
+# default). The server closes a transaction left idle for 10 s, and keepalives find a silent peer in ~25 s.
+SESSION_SETTINGS = {
+    "plan_cache_mode": "force_custom_plan",
+    "idle_in_transaction_session_timeout": "10000",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+}
 
 # How often the listener's connection is checked when nothing is heard.
 WATCH_CHECK_S = 1.0
@@ -121,6 +132,7 @@ class PostgresEngine:
             # Named on every call: the loop is found through a context variable, which tasks started
             # elsewhere (every caller of this engine) do not inherit.
             self._loop = loop
+            loop.set_exception_handler(_asyncio_error)
             try:
                 found, skipped = await self._aio(self._open)
             except BaseException as exc:
@@ -212,9 +224,13 @@ class PostgresEngine:
         # cancelled wait would leave the caller not knowing whether it was stored.
         with trio.CancelScope(shield=True):
             result = await outcome.acapture(self._aio, self._on_writer, fn, *args)
-        if isinstance(result, outcome.Error) and unavailable(result.error):
-            await self._aio(self._drop_writer)  # reconnect on the next job
-            result = outcome.Error(_unavailable_error(result.error))
+        if isinstance(result, outcome.Error):
+            writer = self._writer
+            if unavailable(result.error) or (writer is not None and writer.is_in_transaction()):
+                # Reconnect on the next job; a connection left inside a transaction would hold the log lock.
+                await self._aio(self._drop_writer)
+            if unavailable(result.error):
+                result = outcome.Error(_unavailable_error(result.error))
         pending._finish(result)
 
     async def _on_writer(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
@@ -313,10 +329,12 @@ class PostgresEngine:
             on_change(Resync())  # whatever happened while nobody listened
             try:
                 while not listener.is_closed():
-                    with trio.move_on_after(WATCH_CHECK_S):
+                    with trio.move_on_after(WATCH_CHECK_S) as quiet:
                         payload = await notices_out.receive()
                         if (change := self._change(payload)) is not None:
                             on_change(change)
+                    if quiet.cancelled_caught and not await self._alive(listener):
+                        break
                 log.warning("the connection listening for other processes' changes was lost; reconnecting")
             finally:
                 with trio.CancelScope(shield=True):
@@ -326,6 +344,17 @@ class PostgresEngine:
         listener = await self._connect()
         await listener.add_listener(store.CHANNEL, heard)
         return listener
+
+    async def _alive(self, listener: asyncpg.Connection) -> bool:
+        """Nothing heard for a while: is the listener's peer still there? (A silent network drop closes
+        nothing, so ``is_closed`` alone would wait forever.)"""
+        try:
+            await self._aio(partial(listener.fetchval, "SELECT 1", timeout=self.connect_timeout))
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            return False
+        return True
 
     @staticmethod
     async def _drop(listener: asyncpg.Connection) -> None:
@@ -338,14 +367,16 @@ class PostgresEngine:
             notice = _notice_decoder.decode(payload)
         except msgspec.DecodeError:
             return None if not payload else Resync()
+        if notice.rooms:
+            # Our own too: a reload that read the rows before our write committed may have put an older state
+            # back in memory; this one reads after the commit, so memory ends where the database is.
+            return RoomsChanged(tuple(notice.rooms))
         if notice.o == self.origin:
-            return None  # our own: memory already has it
+            return None  # our own commit: memory already has its messages
         if notice.resync:
             return Resync()
         if notice.r:
             return LogAdvanced(notice.r)
-        if notice.rooms:
-            return RoomsChanged(tuple(notice.rooms))
         return None
 
     async def history(self, query: HistoryQuery) -> list[StoredMessage]:
@@ -371,6 +402,17 @@ class PostgresEngine:
 
     async def delete_all_messages(self) -> tuple[int, int]:
         return await self._write(store.delete_all_messages)
+
+
+def _asyncio_error(_loop: object, context: dict[str, Any]) -> None:
+    """asyncio's "nobody looked at this error" (a connection dropped under a pending future, say), logged.
+
+    trio-asyncio's default handler raises such errors into its loop's nursery, which would end the engine and
+    the process for a connection this engine has already given up on; the calls that failed have raised on
+    their own.
+    """
+    exception = context.get("exception")
+    log.warning("asyncio: %s%s", context.get("message", "unhandled error"), f" ({exception!r})" if exception else "")
 
 
 def _reason(exc: BaseException) -> str:

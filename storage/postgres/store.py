@@ -176,6 +176,9 @@ async def _keep_pk_floor(conn: asyncpg.Connection) -> None:
 
 async def delete_room(conn: asyncpg.Connection, room_id: str, origin: str) -> None:
     async with conn.transaction():
+        # The room row first: a group commit appending to it holds that lock, so its rows are deleted too
+        # instead of being left behind a room that is gone.
+        await conn.execute("SELECT 1 FROM rooms WHERE room_id = $1 FOR UPDATE", room_id)
         await _keep_pk_floor(conn)
         await conn.execute("DELETE FROM messages WHERE room_id = $1", room_id)
         await conn.execute("DELETE FROM rooms WHERE room_id = $1", room_id)
@@ -210,6 +213,24 @@ def _notice(origin: str, **fields: object) -> str:
     if len(payload.encode()) > NOTIFY_LIMIT:
         payload = _notice_encoder.encode({"o": origin, "resync": True}).decode()
     return payload
+
+
+def head_notices(origin: str, heads: dict[str, int]) -> list[str]:
+    """A commit's room heads as NOTIFY payloads under the size limit: a batch over many rooms sends several
+    (one transaction, delivered together) rather than a resync that would make every process re-read all."""
+    notices: list[str] = []
+    chunk: dict[str, int] = {}
+    size = 0
+    for room_id, seq in heads.items():
+        entry = len(room_id.encode()) + len(str(seq)) + 8  # "room":seq, with quotes and comma
+        if chunk and size + entry > NOTIFY_LIMIT - 100:
+            notices.append(_notice(origin, r=chunk))
+            chunk, size = {}, 0
+        chunk[room_id] = seq
+        size += entry
+    if chunk:
+        notices.append(_notice(origin, r=chunk))
+    return notices
 
 
 async def _notify(conn: asyncpg.Connection, origin: str, **fields: object) -> None:
@@ -255,11 +276,12 @@ async def append_messages(conn: asyncpg.Connection, batch: Sequence[NewMessage],
             " ON CONFLICT DO NOTHING RETURNING 1),"
             " counted AS (UPDATE rooms SET last_seq = v.last_seq"
             " FROM unnest($1::text[], $2::bigint[]) AS v(room_id, last_seq) WHERE rooms.room_id = v.room_id)"
-            " SELECT count(*) FROM inserted, pg_notify($3, $4)",
+            " SELECT (SELECT count(*) FROM inserted),"
+            " (SELECT count(*) FROM (SELECT pg_notify($3, p) FROM unnest($4::text[]) AS p) AS sent)",
             touched,
             list(heads.values()),
             CHANNEL,
-            _notice(origin, r=heads) if heads else "",
+            head_notices(origin, heads),
         )
         if inserted != len(assigner.rows):
             raise UnexpectedConflictError(
