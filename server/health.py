@@ -139,6 +139,11 @@ class ReportingStorage:
     async def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None:
         await self._report(self.inner.set_participants(room_id, participants, updated_at))
 
+    async def change_participants(
+        self, room_id: str, add: Sequence[str], remove: str | None, updated_at: str
+    ) -> tuple[str, ...] | None:
+        return await self._report(self.inner.change_participants(room_id, add, remove, updated_at))
+
     async def delete_room(self, room_id: str) -> None:
         await self._report(self.inner.delete_room(room_id))
 

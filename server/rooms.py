@@ -133,10 +133,11 @@ class RoomRegistry:
         before, before_updated = list(room.participants), room.updated_at
         self._set(room, [*room.participants, *added])
         try:
-            await self._storage.set_participants(room.room_id, room.participants, room.updated_at)
+            stored = await self._storage.change_participants(room.room_id, added, None, room.updated_at)
         except BaseException:
             self._set(room, before, before_updated)
             raise
+        self._agree(room, stored)
         return list(room.participants)
 
     async def leave(self, room: Room, username: str) -> bool:
@@ -145,18 +146,25 @@ class RoomRegistry:
         remaining = [name for name in room.participants if name != username]
         if remaining:
             self._set(room, remaining)
-            write = self._storage.set_participants(room.room_id, remaining, room.updated_at)
         else:
             self._remove(room)
-            write = self._storage.delete_room(room.room_id)
         try:
-            await write
+            stored = await self._storage.change_participants(room.room_id, (), username, room.updated_at)
         except BaseException:
             if not remaining:
                 self._add(room)
             self._set(room, before, before_updated)
             raise
-        return not remaining
+        self._agree(room, stored)
+        return not stored
+
+    def _agree(self, room: Room, stored: tuple[str, ...] | None) -> None:
+        """After a relative change: memory takes the stored list, which counts other processes' changes too
+        (None or empty: the room is gone)."""
+        if not stored:
+            self._remove(room)
+        elif list(stored) != room.participants:
+            self._set(room, stored, room.updated_at)
 
     # -- another process changed rooms (PostgreSQL cluster) -----------------------------------------
     def apply_stored(self, records: Sequence[RoomRecord], asked: Iterable[str] | None = None) -> list[str]:

@@ -10,7 +10,7 @@ room's message is refused; each room's counter moves past every seq it hands out
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from storage.records import Appended, NewMessage, StoredMessage
 
@@ -80,3 +80,9 @@ class BatchAssigner:
     def _move(self, room_id: str, seq: int) -> None:
         self._last_seq[room_id] = seq
         self.touched.add(room_id)
+
+
+def changed_participants(stored: Sequence[str], add: Sequence[str], remove: str | None) -> tuple[str, ...]:
+    """The participant list after a change: ``remove`` dropped, the new names of ``add`` appended in order."""
+    kept = [name for name in stored if name != remove]
+    return tuple(dict.fromkeys([*kept, *(name for name in add if name != remove)]))

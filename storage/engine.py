@@ -106,6 +106,15 @@ class StorageEngine(Protocol):
 
     async def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None: ...
 
+    async def change_participants(
+        self, room_id: str, add: Sequence[str], remove: str | None, updated_at: str
+    ) -> tuple[str, ...] | None:
+        """Change the *stored* participant list in one transaction: append the names of ``add`` not in it yet,
+        drop ``remove``; a room left empty is deleted with its messages. Returns the list as stored now (``()``:
+        deleted), None when the room does not exist. Relative, so two processes changing one room at once both
+        count (a whole list computed from one process's memory would undo the other's change)."""
+        ...
+
     async def delete_room(self, room_id: str) -> None:
         """Delete a room and all of its messages."""
         ...

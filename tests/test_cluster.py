@@ -223,3 +223,34 @@ def test_a_commit_over_many_rooms_is_told_in_several_notices_under_the_limit() -
     assert told == heads
     assert head_notices("me", {"r1": 7}) == ['{"o":"me","r":{"r1":7}}']
     assert _notice("me", r=heads) == '{"o":"me","resync":true}'  # one payload past the limit says only that
+
+
+async def test_invites_through_two_processes_at_once_both_count(nursery: trio.Nursery, pg_url: str) -> None:
+    """Each process computes its change from its own memory; storage applies them relative to what is stored,
+    so neither undoes the other (a whole list written by each would drop one invitee)."""
+    a, b = await start_members(nursery, pg_url, 2)
+    guests = [f"g{i}" for i in range(10)]
+    async with httpx.AsyncClient(base_url=a.url, timeout=30) as http:
+        tokens = await make_users(http, ["ann", *guests])
+        room = await make_room(http, tokens["ann"], [])
+    await room_known(b, tokens["ann"], room)
+
+    async def invite(server: ServerProcess, name: str) -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+            path = f"/api/chatrooms/{room}/invite"
+            r = await http.post(path, json={"participants": [name]}, headers=bearer(tokens["ann"]))
+            assert r.status_code == 200, r.text
+
+    async with trio.open_nursery() as inviting:
+        for i, name in enumerate(guests):
+            inviting.start_soon(invite, (a, b)[i % 2], name)
+    expected = {"ann", *guests}
+    with trio.fail_after(10):
+        for server in (a, b):
+            while True:
+                listed = await rooms_of(server, tokens["ann"])
+                if listed and set(listed[0][1]) == expected:
+                    break
+                await trio.sleep(0.05)
+    for server in (a, b):
+        assert await server.terminate() == 0, server.log.decode()[-3000:]

@@ -660,3 +660,20 @@ async def check_interleaving(engine: StorageEngine, steps: list[list[tuple[int, 
     assert {r: s for r, s in (await last_seqs(engine)).items() if r in per_room} == {
         r: len(ids) for r, ids in per_room.items()
     }
+
+
+async def test_participants_change_relative_to_what_is_stored(engine: StorageEngine) -> None:
+    await engine.insert_rooms([room("r1", "alice", "bob")])
+    assert await engine.change_participants("r1", ["carol", "bob", "carol"], None, LATER) == ("alice", "bob", "carol")
+    # Another change computed elsewhere from an older list still counts both: relative, not a whole list.
+    assert await engine.change_participants("r1", ["dave"], None, LATER) == ("alice", "bob", "carol", "dave")
+    assert await engine.change_participants("r1", (), "bob", LATER) == ("alice", "carol", "dave")
+    [stored] = await engine.load_rooms(["r1"])
+    assert (stored.participants, stored.updated_at) == (("alice", "carol", "dave"), LATER)
+    await engine.append_messages([msg("r1")])
+    for name in ("alice", "carol"):
+        await engine.change_participants("r1", (), name, LATER)
+    assert await engine.change_participants("r1", (), "dave", LATER) == ()  # the last one left: deleted
+    assert await engine.load_rooms(["r1"]) == []
+    assert await engine.history(HistoryQuery("r1", 10)) == [], "its messages went with it"
+    assert await engine.change_participants("r1", ["eve"], None, LATER) is None

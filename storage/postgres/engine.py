@@ -289,6 +289,11 @@ class PostgresEngine:
     async def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None:
         await self._write(store.set_participants, room_id, tuple(participants), updated_at, self.origin)
 
+    async def change_participants(
+        self, room_id: str, add: Sequence[str], remove: str | None, updated_at: str
+    ) -> tuple[str, ...] | None:
+        return await self._write(store.change_participants, room_id, tuple(add), remove, updated_at, self.origin)
+
     async def delete_room(self, room_id: str) -> None:
         await self._write(store.delete_room, room_id, self.origin)
 

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import asyncpg
 import msgspec
 
-from storage.assign import ROW_COLUMNS, BatchAssigner, IdempotencyKey, idempotency_key
+from storage.assign import ROW_COLUMNS, BatchAssigner, IdempotencyKey, changed_participants, idempotency_key
 from storage.errors import StorageError
 from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
 from storage.timefmt import iso_utc
@@ -172,6 +172,27 @@ async def _keep_pk_floor(conn: asyncpg.Connection) -> None:
         " ON CONFLICT (key) DO UPDATE SET value = greatest(meta.value, excluded.value)",
         _PK_FLOOR_KEY,
     )
+
+
+async def change_participants(  # noqa: PLR0917 -- a writer job: its arguments travel positionally
+    conn: asyncpg.Connection, room_id: str, add: Sequence[str], remove: str | None, updated_at: str, origin: str
+) -> tuple[str, ...] | None:
+    """See the engine contract: the stored list changed under its row lock, so concurrent changes all count."""
+    async with conn.transaction():
+        stored = await conn.fetchval("SELECT participants FROM rooms WHERE room_id = $1 FOR UPDATE", room_id)
+        if stored is None:
+            return None
+        now = changed_participants(stored, add, remove)
+        if not now:
+            await _keep_pk_floor(conn)
+            await conn.execute("DELETE FROM messages WHERE room_id = $1", room_id)
+            await conn.execute("DELETE FROM rooms WHERE room_id = $1", room_id)
+        else:
+            await conn.execute(
+                "UPDATE rooms SET participants = $1, updated_at = $2 WHERE room_id = $3", list(now), updated_at, room_id
+            )
+        await _notify(conn, origin, rooms=[room_id])
+    return now
 
 
 async def delete_room(conn: asyncpg.Connection, room_id: str, origin: str) -> None:

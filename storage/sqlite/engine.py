@@ -175,6 +175,11 @@ class SqliteEngine:
     async def set_participants(self, room_id: str, participants: Sequence[str], updated_at: str) -> None:
         await self._call(self._open.set_participants, room_id, tuple(participants), updated_at)
 
+    async def change_participants(
+        self, room_id: str, add: Sequence[str], remove: str | None, updated_at: str
+    ) -> tuple[str, ...] | None:
+        return await self._call(self._open.change_participants, room_id, tuple(add), remove, updated_at)
+
     async def delete_room(self, room_id: str) -> None:
         await self._call(self._open.delete_room, room_id)
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from storage.assign import ROW_COLUMNS, BatchAssigner, IdempotencyKey, idempotency_key
+from storage.assign import ROW_COLUMNS, BatchAssigner, IdempotencyKey, changed_participants, idempotency_key
 from storage.records import Appended, HistoryQuery, NewMessage, RoomRecord, StoredMessage, UserRecord
 from storage.sqlite.schema import migrate, transaction
 from storage.timefmt import iso_utc
@@ -203,6 +203,27 @@ class SqliteStore(_LogReads):
                 "UPDATE rooms SET participants = ?, updated_at = ? WHERE room_id = ?",
                 (_participants_encoder.encode(list(participants)), updated_at, room_id),
             )
+
+    def change_participants(
+        self, room_id: str, add: Sequence[str], remove: str | None, updated_at: str
+    ) -> tuple[str, ...] | None:
+        with transaction(self._conn) as conn:
+            row = conn.execute("SELECT participants FROM rooms WHERE room_id = ?", (room_id,)).fetchone()
+            if row is None:
+                return None
+            now = changed_participants(_participants_decoder.decode(row[0]), add, remove)
+            if not now:
+                self._keep_pk_floor(conn)
+                conn.execute("DELETE FROM messages WHERE room_id = ?", (room_id,))
+                conn.execute("DELETE FROM rooms WHERE room_id = ?", (room_id,))
+            else:
+                conn.execute(
+                    "UPDATE rooms SET participants = ?, updated_at = ? WHERE room_id = ?",
+                    (_participants_encoder.encode(list(now)), updated_at, room_id),
+                )
+        if not now:
+            self._last_seq.pop(room_id, None)
+        return now
 
     def _keep_pk_floor(self, conn: sqlite3.Connection) -> None:
         """Before deleting messages: remember the highest pk given, so no later message gets one again."""
