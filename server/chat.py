@@ -14,6 +14,7 @@ for the commit.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 AUTH_ERROR = b'44{"message":"Authentication error"}'
 # Repeats of one in-flight clientMsgId kept to be acked with their original: a real client retries a few times.
 MAX_WAITING_REPEATS = 32
+REFRESH_EVERY_S = 1.0
+REFRESH_MEMORY = 10_000  # (room, user) pairs remembered; past it the memory starts afresh
 ERR_NUL = "content and clientMsgId must not contain the character U+0000"
 ERR_SHUTTING_DOWN = "Server is shutting down: message not accepted, send it again after reconnecting"
 
@@ -89,6 +92,7 @@ class ChatApp:
         self.send_limit: SendRateLimit | None = None  # set by the service; None: no per-connection limit
         # Set by the service in a cluster (PostgreSQL): read one room again before telling someone "not a member".
         self.refresh_room: Callable[[str], Awaitable[None]] | None = None
+        self._refreshed: dict[tuple[str, str], float] = {}  # (room, user) → when a "no" was last checked
 
     async def on_connect(self, session: Session, data: str) -> None:
         """CONNECT: authenticate, join every room the user is in (§3.2), and recover if the client asks.
@@ -166,6 +170,14 @@ class ChatApp:
             return True
         if self.refresh_room is None:
             return False
+        # Once a second per (room, user) at most: a client naming rooms it is not in must not turn every send
+        # into a storage read (the reads queue with the group commits).
+        now = time.monotonic()
+        if now - self._refreshed.get((room_id, user), -math.inf) < REFRESH_EVERY_S:
+            return False
+        if len(self._refreshed) >= REFRESH_MEMORY:
+            self._refreshed.clear()
+        self._refreshed[(room_id, user)] = now
         try:
             await self.refresh_room(room_id)
         except StorageError as exc:
