@@ -10,6 +10,7 @@ import sys
 
 import trio
 
+from server import logs
 from server.config import Config, ConfigError, load_config
 from server.service import MinitalkServer
 from server.tokens import MIN_SECRET_BYTES
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"python -m server: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(config.log_level, config.log_format)
     raise_fd_limit()
     if config.uses_default_secret:
         log.warning(

@@ -119,6 +119,15 @@ class ChatApp:
             if session.closed:
                 return
         session.send(connect_reply(session.sio_sid, pid))
+        log.info(
+            "connect: %s from %s (session %s, %s%s)",
+            user,
+            session.address or "-",
+            session.sid,
+            "websocket" if session.ws is not None else "polling",
+            ", recovered" if request is not None and pid == request[0] else "",
+            extra={"session": session.sid, "user": user, "address": session.address},
+        )
         for room in self.registry.rooms_of(user):
             self.hub.delivery.subscribe(session, room.room_id, cursors.get(room.room_id))
         self._send_cursors(session)  # where it stands, exactly (the pid's pk may not be)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from server.logs import LogFormat
 from storage.open import DEFAULT_DATABASE
 
 DEFAULT_JWT_SECRET = "your-secret-key"  # the original server's default (contract §2); warned about at start
@@ -28,6 +29,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     database: str = DEFAULT_DATABASE
     jwt_secret: str = DEFAULT_JWT_SECRET
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=31)] = 10
     bcrypt_batch_rounds: Annotated[int, msgspec.Meta(ge=4, le=31)] = 8
@@ -125,6 +127,13 @@ OPTIONS: tuple[Option, ...] = (
         "SECRET",
     ),
     Option("log_level", "--log-level", "LOG_LEVEL", "debug, info, warning or error (default info)", "LEVEL"),
+    Option(
+        "log_format",
+        "--log-format",
+        "LOG_FORMAT",
+        "text (for a terminal) or json (one object per line, for a log pipeline) (default text)",
+        "FORMAT",
+    ),
     Option(
         "max_body_bytes",
         "--max-body-bytes",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -18,6 +19,7 @@ from server.services import Services
 from storage.errors import StorageUnavailableError
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("server.access")
 
 # Express's cors() defaults (contract §1.0).
 _ALLOW_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
@@ -49,6 +51,10 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
         return json_response({"status": "OK", "message": "MiniTalk Backend is ready"})
 
     @app.before_request
+    async def started() -> None:  # first, so that every request is timed (preflight may answer at once)
+        g.started = time.perf_counter()
+
+    @app.before_request
     async def preflight() -> Response | None:
         if request.method != "OPTIONS":
             return None
@@ -63,6 +69,24 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
     @app.after_request
     async def cors(response: Response) -> Response:
         response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    @app.after_request
+    async def access_log(response: Response) -> Response:
+        """One line per REST request (method, route template, status, duration); probes, metrics and polling
+        requests at debug: they are the machinery, not the traffic."""
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
+        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        level = logging.INFO if request.path.startswith("/api/") else logging.DEBUG
+        access.log(
+            level,
+            "%s %s %d %.1f ms",
+            request.method,
+            route,
+            response.status_code,
+            seconds * 1000,
+            extra={"method": request.method, "path": route, "status": response.status_code, "duration_s": seconds},
+        )
         return response
 
     @app.errorhandler(RequestError)

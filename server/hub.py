@@ -136,7 +136,7 @@ class Hub:
             self.close_session(session, reason)
 
     # -- sessions ----------------------------------------------------------------------------------
-    def open_session(self, token: str | None, *, websocket: bool = False) -> Session | None:
+    def open_session(self, token: str | None, *, websocket: bool = False, address: str | None = None) -> Session | None:
         """A new Engine.IO session, or None when the connection limit is reached."""
         if len(self.sessions) >= self.settings.max_connections:
             return None
@@ -153,6 +153,7 @@ class Hub:
             max_queue_packets=s.outbox_max_messages,
             on_overflow=self.overflowed,
         )
+        session.address = address
         self.sessions[session.sid] = session
         self._schedule(session)
         return session
@@ -171,7 +172,23 @@ class Hub:
         del self.sessions[session.sid]
         self.delivery.unsubscribe_all(session)
         session.close_transport()
-        log.debug("session %s closed: %s", session.sid, session.close_reason)
+        seconds = trio.current_time() - session.created
+        # One line per connection's end, never one per message: who, why, and how long it lasted.
+        log.info(
+            "disconnect: %s from %s after %.1f s (session %s): %s",
+            session.user or "-",
+            session.address or "-",
+            seconds,
+            session.sid,
+            session.close_reason,
+            extra={
+                "session": session.sid,
+                "user": session.user,
+                "address": session.address,
+                "reason": session.close_reason,
+                "duration_s": round(seconds, 3),
+            },
+        )
 
     def connection_failed(self, session: Session | None, exc: BaseException, where: str) -> None:
         """The error boundary of one connection: an unexpected exception ends that connection, nothing else.

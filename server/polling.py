@@ -85,7 +85,7 @@ def polling_routes(hub: Hub, metrics: Metrics | None, *, path: str = "/socket.io
             return _error(2, "Bad handshake method")
         # The token: query parameter first, else the raw Authorization header (contract §2).
         token = request.args.get("token") or request.headers.get("Authorization")
-        session = hub.open_session(token)
+        session = hub.open_session(token, address=request.remote_addr)
         if session is None:
             return _error(3, "Server at its connection limit", 503)
         return Response(hub.open_packet(session, upgrades=["websocket"]), content_type=_TEXT)

@@ -30,6 +30,7 @@ class Session(EngineIOSession):
         "_poll_waiter",
         "_queue",
         "_queue_bytes",
+        "address",
         "created",
         "cursors",
         "inbound",
@@ -81,6 +82,7 @@ class Session(EngineIOSession):
         self.cursors: dict[str, int] = {}
         self.lagging = False  # catching up from the log instead of receiving live pushes (delivery.py)
         self.created = now
+        self.address: str | None = None  # the peer's IP address, for the connection lifecycle log
         self.timer_at = math.inf  # when the hub's heartbeat timer will next look at this session (server/hub.py)
         self.inbound = trio.Lock()  # one connection's packets are handled in arrival order (§3.6-9)
         self.on_overflow = on_overflow

@@ -99,7 +99,7 @@ class WebSocketEndpoint:
             # The token: query parameter first, else the raw Authorization header (contract §2).
             raw_auth = header_value(request.headers, b"authorization")
             token = query.get("token") or (raw_auth.decode("latin-1") if raw_auth else None)
-            new_session = hub.open_session(token, websocket=True)
+            new_session = hub.open_session(token, websocket=True, address=_peer(stream))
             if new_session is None:
                 await stream.send_all(engineio_error(3, "Server at its connection limit", 503))
                 return
@@ -226,3 +226,12 @@ class WebSocketEndpoint:
         outbox.push_close(close_frame(code, reason))
         outbox.drain_best_effort()
         return reason
+
+
+def _peer(stream: trio.SocketStream) -> str | None:
+    """The client's IP address (for the connection log); None when the socket no longer knows it."""
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return None
+    return str(peer[0]) if isinstance(peer, tuple) else None
