@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -15,10 +29,32 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created seri
 LAG_SAMPLE_S = 0.1
 
 
+def build_info() -> dict[str, str]:
+    """The package version and, when run from a git checkout, the commit (``unknown`` otherwise)."""
+    try:
+        version = importlib.metadata.version("minitalk-trio")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    commit = "unknown"
+    head = Path(__file__).resolve().parent.parent / ".git" / "HEAD"
+    with contextlib.suppress(OSError, IndexError):
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            ref = (head.parent / ref.removeprefix("ref: ")).read_text().strip()
+        commit = ref[:12]
+    return {"version": version, "commit": commit}
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The process's CPU, memory and descriptors, the collector's work, and what is running: what an
+        # operator's dashboards of the original expect beside the server's own figures.
+        ProcessCollector(registry=r)
+        GCCollector(registry=r)
+        PlatformCollector(registry=r)
+        Info("minitalk_build", "the running server: version and commit", registry=r).info(build_info())
         self.connections = Gauge(
             "minitalk_connections", "Open Engine.IO sessions by transport", ["transport"], registry=r
         )

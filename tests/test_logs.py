@@ -72,3 +72,11 @@ async def test_a_json_log_has_one_line_per_connection_and_request_and_none_per_m
     assert all(line["duration_s"] >= 0 for line in access)
     assert not [line for line in lines if "m1" in line["message"]], "no line per chat message"
     assert len(lines) < 40, "a handful of lines for 30 messages"
+
+
+async def test_metrics_expose_process_gc_and_build_info(client: httpx.AsyncClient) -> None:
+    text = (await client.get("/metrics")).text
+    for series in ("process_cpu_seconds_total", "process_resident_memory_bytes", "python_gc_collections_total"):
+        assert f"\n{series}" in text, series
+    [build] = [line for line in text.splitlines() if line.startswith("minitalk_build_info{")]
+    assert 'version="0.1.0"' in build and "commit=" in build
