@@ -103,6 +103,7 @@ class ChatApp:
         user = self.tokens.username(session.token) if session.token else None
         if user is None:
             session.send(AUTH_ERROR)
+            self.hub.metrics.auth_failures.labels("socket").inc()
             return
         session.user = user
         session.sio_sid = session.sio_sid or secrets.token_urlsafe(15)

@@ -78,6 +78,8 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
         route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
         level = logging.INFO if request.path.startswith("/api/") else logging.DEBUG
+        if svc.metrics is not None and level == logging.INFO:
+            svc.metrics.http_requests.labels(request.method, route, str(response.status_code)).inc()
         access.log(
             level,
             "%s %s %d %.1f ms",

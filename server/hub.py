@@ -29,7 +29,7 @@ from protocol.engineio_session import Beat
 from protocol.errors import SocketIOError
 from protocol.socketio import SioType
 from server.delivery import Delivery
-from server.metrics import Metrics
+from server.metrics import Metrics, disconnect_kind
 from server.outbox import Flusher
 from server.rooms import RoomRegistry
 from server.session import Session
@@ -172,6 +172,7 @@ class Hub:
         del self.sessions[session.sid]
         self.delivery.unsubscribe_all(session)
         session.close_transport()
+        self.metrics.disconnects.labels(disconnect_kind(session.close_reason)).inc()
         seconds = trio.current_time() - session.created
         # One line per connection's end, never one per message: who, why, and how long it lasted.
         log.info(
@@ -382,15 +383,17 @@ class Hub:
 
     def statistics(self) -> dict[str, int]:
         by_transport = {"websocket": 0, "polling": 0}
-        outbox_bytes = 0
+        outbox_bytes = largest = 0
         for session in self.sessions.values():
             by_transport[session.transport] += 1
-            if session.ws is not None:
-                outbox_bytes += session.ws.nbytes
+            pending = session.pending_bytes
+            outbox_bytes += session.ws.nbytes if session.ws is not None else 0
+            largest = max(largest, pending)
         delivery = self.delivery
         return {
             **by_transport,
             "outbox_bytes": outbox_bytes,
+            "largest_outbox_bytes": largest,
             "rooms": delivery.rooms(),
             "lagging": delivery.lagging(),
             "messages_broadcast": self.messages_broadcast,

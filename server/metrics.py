@@ -45,6 +45,26 @@ def build_info() -> dict[str, str]:
     return {"version": version, "commit": commit}
 
 
+# A disconnect's reason is free text (it names the packet or the limit); the metric's label is its kind, so
+# the series stay few: (kind, words that mark it), first match wins.
+_DISCONNECT_KINDS = (
+    ("shutdown", ("shutting down",)),
+    ("slow_consumer", ("slow consumer",)),
+    ("timeout", ("timeout", "timed out", "ping")),
+    ("internal_error", ("internal error",)),
+    ("protocol_error", ("bad ", "malformed", "attachment", "protocol", "frame", "invalid")),
+    ("client_closed", ("client", "closed", "went away", "transport close")),
+)
+
+
+def disconnect_kind(reason: str) -> str:
+    text = reason.lower()
+    for kind, words in _DISCONNECT_KINDS:
+        if any(word in text for word in words):
+            return kind
+    return "other"
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -64,6 +84,24 @@ class Metrics:
         )
         self.rate_limited = Counter(
             "minitalk_rate_limited", "send_message events refused by the per-connection rate limit", registry=r
+        )
+        self.disconnects = Counter(
+            "minitalk_disconnects", "Engine.IO sessions ended, by kind of reason", ["reason"], registry=r
+        )
+        self.auth_failures = Counter(
+            "minitalk_auth_failures",
+            "refused logins and Socket.IO CONNECTs without a valid token",
+            ["kind"],
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "minitalk_http_requests",
+            "REST requests answered, by method, route template and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.largest_outbox = Gauge(
+            "minitalk_largest_outbox_bytes", "the longest queue of one client, in bytes (read at scrape)", registry=r
         )
         self.slow_consumer_disconnects = Counter(
             "minitalk_slow_consumer_disconnects", "members cut off for falling behind", registry=r
@@ -122,6 +160,7 @@ class Metrics:
         self.outbox_bytes.set_function(lambda: hub_stats()["outbox_bytes"])
         self.lagging_members.set_function(lambda: hub_stats()["lagging"])
         self.ingest_queue.set_function(queue_depth)
+        self.largest_outbox.set_function(lambda: hub_stats().get("largest_outbox_bytes", 0))
         self.registry.register(_HubCounters(hub_stats))
 
     def render(self) -> bytes:

@@ -108,6 +108,8 @@ def auth_routes(svc: Services) -> Blueprint:
         user = (await svc.storage.get_users([username])).get(username)
         if user is None or not await svc.hasher.check(password, user.password_hash):
             guard.failed(ip, [username], trio.current_time())
+            if svc.metrics is not None:
+                svc.metrics.auth_failures.labels("login").inc()
             raise RequestError(401, "Invalid credentials")
         return json_response({"token": svc.tokens.issue(user.username), "username": user.username})
 

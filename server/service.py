@@ -145,6 +145,7 @@ class MinitalkServer:
             storage_retry_after=config.storage_retry_after,
             admin_routes=config.admin_routes,
             admin_token=config.admin_token,
+            metrics=self.metrics,
         )
         # Engine.IO-only hubs: the same settings, no Socket.IO CONNECT awaited.
         engine_settings = msgspec.structs.replace(self.hub.settings, connect_timeout=math.inf)

@@ -9,6 +9,7 @@ import msgspec
 from protocol.ratelimit import LoginGuard
 from protocol.rest import Limits
 from server.health import Health
+from server.metrics import Metrics
 from server.passwords import PasswordHasher
 from server.rooms import RoomRegistry
 from server.tokens import Tokens
@@ -27,3 +28,4 @@ class Services(msgspec.Struct, frozen=True):
     storage_retry_after: int = 2  # seconds, the Retry-After of a 503
     admin_routes: Literal["open", "token", "off"] = "open"
     admin_token: str = ""
+    metrics: Metrics | None = None  # HTTP requests and auth failures are counted here

@@ -10,7 +10,8 @@ import httpx
 import trio
 
 from server.logs import JsonFormatter, RepeatFilter
-from tests.conftest import bearer
+from server.metrics import disconnect_kind
+from tests.conftest import RunningServer, bearer
 from tests.raw_client import raw_client
 from tests.server_process import start_server_process
 from tests.sio_peer import make_room, make_users
@@ -80,3 +81,45 @@ async def test_metrics_expose_process_gc_and_build_info(client: httpx.AsyncClien
         assert f"\n{series}" in text, series
     [build] = [line for line in text.splitlines() if line.startswith("minitalk_build_info{")]
     assert 'version="0.1.0"' in build and "commit=" in build
+
+
+def test_disconnect_reasons_map_to_a_few_kinds() -> None:
+    assert disconnect_kind("client went away") == "client_closed"
+    assert disconnect_kind("websocket closed by client") == "client_closed"
+    assert disconnect_kind("ping timeout") == "timeout"
+    assert disconnect_kind("bad Socket.IO packet: unexpected end of input") == "protocol_error"
+    assert disconnect_kind("slow consumer: outbox over 4194304 bytes") == "slow_consumer"
+    assert disconnect_kind("server shutting down") == "shutdown"
+    assert disconnect_kind("internal error: KeyError") == "internal_error"
+    assert disconnect_kind("something new") == "other"
+
+
+def sample(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+async def test_metrics_count_auth_failures_disconnects_and_requests_by_route(
+    running: RunningServer, client: httpx.AsyncClient
+) -> None:
+    tokens = await make_users(client, ["ann"])
+    room = await make_room(client, tokens["ann"], [])
+    assert (await client.post("/api/auth/login", json={"username": "ann", "password": "wrong"})).status_code == 401
+    async with raw_client(running.url, "not-a-token", connect=False) as bad:
+        await bad.ws.send_message("40")
+        assert await bad.packet() == '44{"message":"Authentication error"}'
+    async with raw_client(running.url, tokens["ann"]):
+        pass
+    await client.get(f"/api/chatrooms/{room}/messages", headers=bearer(tokens["ann"]))
+    closed = 'minitalk_disconnects_total{reason="client_closed"}'
+    with trio.fail_after(10):
+        while closed not in (text := (await client.get("/metrics")).text):  # noqa: ASYNC110 -- another task's
+            await trio.sleep(0.05)
+    assert sample(text, 'minitalk_auth_failures_total{kind="login"}') == 1
+    assert sample(text, 'minitalk_auth_failures_total{kind="socket"}') == 1
+    assert (
+        sample(
+            text, 'minitalk_http_requests_total{method="GET",route="/api/chatrooms/<room_id>/messages",status="200"}'
+        )
+        == 1
+    )
+    assert "minitalk_largest_outbox_bytes " in text
