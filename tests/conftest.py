@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import jwt
@@ -14,6 +14,9 @@ import trio
 
 from server.config import Config
 from server.service import MinitalkServer
+
+if TYPE_CHECKING:  # tests.sio_peer imports this module
+    from tests.sio_peer import Peer
 
 # postgres_cluster (one per session) and pg_url (a fresh database per test).
 pytest_plugins = ["tests.pg_fixtures"]
@@ -105,3 +108,12 @@ def decode_token(token: str, secret: str = "your-secret-key") -> dict[str, Any]:
         warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
         claims: dict[str, Any] = jwt.decode(token, secret, algorithms=["HS256"])
     return claims
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[list[Peer]]:
+    """python-socketio peers a test makes (append them); all closed afterwards."""
+    created: list[Peer] = []
+    yield created
+    for peer in created:
+        await peer.close()

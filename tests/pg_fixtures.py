@@ -12,13 +12,16 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from tools.pg_cluster import PgCluster, PgClusterError, PostgresUnavailable, ensure_installed
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -47,14 +50,20 @@ def throwaway_cluster(bin_dir: Path) -> Iterator[PgCluster]:
             cluster.stop()
 
 
-def postgres_bin_dir() -> Path:
-    """The PostgreSQL binaries, or skip (fail under CI) with the one sentence that says what to install."""
+def installed_or_skip(install: Callable[[], T], missing: type[Exception]) -> T:
+    """What ``install`` finds (installing it when it may), or skip the test with the one sentence that says what
+    to install; under CI fail instead (a CI run that silently tests nothing would look green)."""
     try:
-        return ensure_installed()
-    except PostgresUnavailable as exc:
+        return install()
+    except missing as exc:
         if os.environ.get("CI"):
             pytest.fail(str(exc))
         pytest.skip(str(exc))
+
+
+def postgres_bin_dir() -> Path:
+    """The PostgreSQL binaries (see ``installed_or_skip``)."""
+    return installed_or_skip(ensure_installed, PostgresUnavailable)
 
 
 @pytest.fixture(scope="session")

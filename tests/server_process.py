@@ -75,6 +75,24 @@ async def start_server_process(
     return ServerProcess(proc, int(match.group(1)), log)
 
 
+async def run_refused_server(args: Sequence[str], *, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """Run ``python -m server`` that is expected to refuse to start: its exit code and its stderr."""
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-m", "server", "--port", "0", *args],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return done.returncode, done.stderr.decode()
+
+
+def error_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " ERROR " in line]
+
+
 async def _drain(stream: trio.abc.ReceiveStream, log: bytearray) -> None:
     # Keep reading so the child never blocks on a full stderr pipe; keep the text for assertions.
     while chunk := await stream.receive_some(65536):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import httpx
@@ -13,7 +12,7 @@ from storage.postgres.store import NOTIFY_LIMIT, _notice, head_notices
 from tests.chat_load import ChatLoad, read_history
 from tests.conftest import bearer
 from tests.raw_client import raw_client
-from tests.server_process import ROOT, ServerProcess, start_server_process
+from tests.server_process import ServerProcess, error_lines, run_refused_server, start_server_process
 from tests.sio_peer import make_room, make_users, wait_until
 from tools.pg_cluster import PgCluster
 
@@ -21,17 +20,9 @@ from tools.pg_cluster import PgCluster
 async def test_a_second_process_on_one_sqlite_file_refuses_to_start(nursery: trio.Nursery, tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'one.db'}"
     first = await start_server_process(nursery, ["--database", database])
-    with trio.fail_after(30):
-        second = await trio.run_process(
-            [sys.executable, "-m", "server", "--port", "0", "--database", database],
-            cwd=ROOT,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    log = second.stderr.decode()
-    assert second.returncode == 1, log
-    errors = [line for line in log.splitlines() if " ERROR " in line]
+    code, log = await run_refused_server(["--database", database])
+    assert code == 1, log
+    errors = error_lines(log)
     assert len(errors) == 1 and "another process is serving the SQLite database" in errors[0], log
     assert "Traceback" not in log
     assert await first.terminate() == 0

@@ -11,7 +11,6 @@ when ``CI`` is set, as the PostgreSQL ones are (``tests/pg_fixtures.py``).
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import trio
 
 from tests.conftest import bearer
 from tests.node_peer import NodeClient, node_or_skip
-from tests.pg_fixtures import postgres_bin_dir, temp_data_dir
+from tests.pg_fixtures import installed_or_skip, postgres_bin_dir, temp_data_dir
 from tests.raw_client import raw_client
 from tests.server_process import ROOT, ServerProcess, start_server_process
 from tests.sio_peer import Peer, make_room, make_users, wait_until
@@ -47,12 +46,7 @@ STEADY_SECONDS = 5.0  # how long the polling clients keep sending through the fr
 
 def haproxy_or_skip() -> Path:
     """The ``haproxy`` executable (installed when missing and root), or skip (fail under CI)."""
-    try:
-        return ensure_haproxy()
-    except HaproxyUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
+    return installed_or_skip(ensure_haproxy, HaproxyUnavailable)
 
 
 class Cluster:
@@ -109,14 +103,6 @@ async def cluster(nursery: trio.Nursery, pg_url: str) -> AsyncIterator[Cluster]:
         yield started
     finally:
         await stop_front(started)
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Peer]]:
-    created: list[Peer] = []
-    yield created
-    for peer in created:
-        await peer.close()
 
 
 async def connect(peers: list[Peer], url: str, name: str, token: str, transports: list[str] | None = None) -> Peer:

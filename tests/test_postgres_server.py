@@ -7,7 +7,6 @@ in seq order, whatever happened in between.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import Counter
@@ -17,7 +16,7 @@ import trio
 
 from storage.postgres.engine import PostgresEngine
 from tests.chat_load import ChatLoad, read_history
-from tests.server_process import ROOT, ServerProcess, start_server_process
+from tests.server_process import ROOT, ServerProcess, error_lines, run_refused_server, start_server_process
 from tests.sio_peer import wait_until
 from tools.pg_cluster import PgCluster, free_port
 
@@ -47,17 +46,9 @@ async def check_stored(server: ServerProcess, load: ChatLoad) -> list[int]:
 
 async def test_unreachable_database_is_one_line_with_the_password_hidden() -> None:
     url = f"postgresql://minitalk:s3cret-pw@127.0.0.1:{free_port()}/minitalk"
-    with trio.fail_after(30):
-        done = await trio.run_process(
-            [sys.executable, "-m", "server", "--port", "0", "--database", url],
-            cwd=ROOT,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    log = done.stderr.decode()
-    assert done.returncode == 1, log
-    errors = [line for line in log.splitlines() if " ERROR " in line]
+    code, log = await run_refused_server(["--database", url])
+    assert code == 1, log
+    errors = error_lines(log)
     assert len(errors) == 1, log
     assert "cannot open PostgreSQL at postgresql://minitalk:***@127.0.0.1:" in errors[0]
     assert "s3cret-pw" not in log and "Traceback" not in log
@@ -148,17 +139,10 @@ async def test_two_servers_starting_at_once_do_not_race_on_migrations(nursery: t
 
 
 async def test_fast_mode_on_postgres_is_refused_in_one_line() -> None:
-    with trio.fail_after(30):
-        done = await trio.run_process(
-            [sys.executable, "-m", "server", "--port", "0", "--delivery-mode", "fast"],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": "postgresql://minitalk@127.0.0.1:1/minitalk"},
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    log = done.stderr.decode()
-    assert done.returncode == 2, log
+    code, log = await run_refused_server(
+        ["--delivery-mode", "fast"], env={"DATABASE_URL": "postgresql://minitalk@127.0.0.1:1/minitalk"}
+    )
+    assert code == 2, log
     assert "delivery_mode = fast needs one process to own each room's seq" in log and "Traceback" not in log
 
 

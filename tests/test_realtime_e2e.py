@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,6 @@ import trio
 
 from tests.conftest import RunningServer, bearer, make_config, start_server
 from tests.sio_peer import Peer, make_room, make_users, wait_until
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Peer]]:
-    created: list[Peer] = []
-    yield created
-    for peer in created:
-        await peer.close()
 
 
 async def connect(peers: list[Peer], url: str, name: str, token: str, **kwargs: Any) -> Peer:
