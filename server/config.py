@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from server.logs import LogFormat
-from storage.open import DEFAULT_DATABASE
+from storage.open import DEFAULT_DATABASE, is_postgres_url
 
 DEFAULT_JWT_SECRET = "your-secret-key"  # the original server's default (contract §2); warned about at start
 
@@ -90,7 +90,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     @property
     def cluster(self) -> bool:
         """Several processes may share this database (PostgreSQL): each is a cluster member."""
-        return self.database.split("://", 1)[0].lower() in ("postgresql", "postgres")
+        return is_postgres_url(self.database)
 
     @property
     def uses_default_secret(self) -> bool:

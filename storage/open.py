@@ -25,7 +25,7 @@ from storage.sqlite.engine import SqliteEngine
 from storage.sqlite.store import Synchronous
 from storage.urls import redact
 
-__all__ = ["DEFAULT_DATABASE", "open_storage", "redact", "sqlite_path"]
+__all__ = ["DEFAULT_DATABASE", "is_postgres_url", "open_storage", "redact", "sqlite_path"]
 
 DEFAULT_DATABASE = "sqlite:///data/minitalk.db"
 
@@ -94,6 +94,11 @@ def sqlite_path(url: str) -> str | None:
     return base
 
 
+def is_postgres_url(url: str) -> bool:
+    """Whether the URL names PostgreSQL (``postgresql://`` or ``postgres://``): a database several processes share."""
+    return url.split("://", 1)[0].lower() in ("postgresql", "postgres") and "://" in url
+
+
 def open_storage(url: str) -> StorageEngine:
     """The engine the URL names, configured by its query options. Raises UnsupportedDatabaseError for an
     unknown scheme or option, before anything is opened."""
@@ -104,8 +109,7 @@ def open_storage(url: str) -> StorageEngine:
         busy_timeout = _option(options, "busy_timeout", _seconds, 5.0, "seconds")
         _refuse_unknown(options, "sqlite")
         return SqliteEngine(path, synchronous=synchronous, busy_timeout=busy_timeout)
-    scheme = base.split("://", 1)[0].lower()
-    if scheme in ("postgresql", "postgres"):
+    if is_postgres_url(base):
         pool_size = _option(options, "pool_size", _pool_size, 4, "an integer from 1 to 100")
         connect_timeout = _option(options, "connect_timeout", _seconds, 5.0, "seconds")
         command_timeout = _option(options, "command_timeout", _seconds, 30.0, "seconds")
@@ -114,6 +118,7 @@ def open_storage(url: str) -> StorageEngine:
         return PostgresEngine(
             dsn, pool_size=pool_size, connect_timeout=connect_timeout, command_timeout=command_timeout
         )
+    scheme = base.split("://", 1)[0].lower()
     raise UnsupportedDatabaseError(
         f"database scheme {scheme!r} is not supported; use sqlite:///path/to/file.db or"
         " postgresql://user:password@host:port/database"
