@@ -12,8 +12,10 @@ import trio
 
 from server import logs
 from server.config import Config, ConfigError, load_config
+from server.metrics import build_info
 from server.service import MinitalkServer
 from server.tokens import MIN_SECRET_BYTES
+from server.tracing import OFF, Tracing, TracingConfigError, tracing_from_env
 from storage.errors import StorageError
 
 log = logging.getLogger("server")
@@ -22,8 +24,8 @@ log = logging.getLogger("server")
 _SHUTDOWN_MARGIN_S = 2.0
 
 
-async def serve_until_signalled(config: Config) -> None:
-    server = MinitalkServer(config)
+async def serve_until_signalled(config: Config, tracing: Tracing = OFF) -> None:
+    server = MinitalkServer(config, tracing=tracing)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -96,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             " this server."
         )
     try:
-        trio.run(serve_until_signalled, config)
+        tracing = tracing_from_env(os.environ, message_ratio=config.trace_messages, version=build_info()["version"])
+    except TracingConfigError as exc:
+        print(f"python -m server: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(serve_until_signalled, config, tracing)
     except Exception as error:
         leaves = _leaves(error)
         if not all(isinstance(exc, _EXPECTED_FAILURES) for exc in leaves):
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         for leaf in leaves:
             log.error("cannot run: %s", leaf)  # noqa: TRY400 -- the traceback would only add noise
         return 1
+    finally:
+        tracing.shutdown()  # the last spans, exported before the process ends
     log.info("stopped")
     return 0
 

@@ -19,9 +19,11 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
+from opentelemetry.trace import SpanKind
 
 from protocol import socketio
 from protocol.errors import SocketIOError
@@ -49,12 +51,16 @@ from server.rooms import RoomRegistry
 from server.send_limit import SendRateLimit
 from server.session import Session
 from server.tokens import Tokens
+from server.tracing import now_ns
 from storage.batcher import WriteBehindBatcher
 from storage.engine import StorageEngine
 from storage.errors import StorageError
 from storage.ids import new_id
 from storage.records import Appended, NewMessage, StoredMessage
 from storage.timefmt import iso_utc
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +76,13 @@ ERR_SHUTTING_DOWN = "Server is shutting down: message not accepted, send it agai
 class Ticket:
     """Who to answer when a message is committed."""
 
-    __slots__ = ("ack_id", "session")
+    __slots__ = ("ack_id", "received_ns", "session", "span")
 
     def __init__(self, session: Session, ack_id: int | None) -> None:
         self.session = session
         self.ack_id = ack_id
+        self.span: Span | None = None  # a traced send (server/tracing.py): its span, ended at the ack
+        self.received_ns = 0  # and when its frame arrived
 
 
 class ChatApp:
@@ -96,6 +104,22 @@ class ChatApp:
         self._refreshed: dict[tuple[str, str], float] = {}  # (room, user) → when a "no" was last checked
 
     async def on_connect(self, session: Session, data: str) -> None:
+        tracing = self.hub.tracing
+        if not tracing.enabled:
+            await self._connect(session, data)
+            return
+        with tracing.span("socket.io connect") as span:
+            assert span is not None
+            span.set_attribute("engineio.sid", session.sid)
+            span.set_attribute("engineio.transport", "websocket" if session.ws is not None else "polling")
+            await self._connect(session, data)
+            if session.user is None:
+                tracing.failed(span, "auth", "Authentication error")
+            else:
+                span.set_attribute("enduser.id", session.user)
+                span.set_attribute("socketio.rooms", len(session.cursors))
+
+    async def _connect(self, session: Session, data: str) -> None:
         """CONNECT: authenticate, join every room the user is in (§3.2), and recover if the client asks.
 
         A socket.io-client that was connected before sends back its ``pid`` and last offset: its rooms are
@@ -208,6 +232,7 @@ class ChatApp:
             session.send(ack_packet(ack_id, AckError(message)))
 
     async def _send_message(self, session: Session, event: SendMessage, ack_id: int | None) -> None:
+        received_ns = now_ns() if self.hub.tracing.message_ratio else 0  # nothing more when tracing is off
         if self.send_limit is not None and not self.send_limit.allow(session):
             self._reject(session, self.send_limit.refusal, ack_id)
             return
@@ -231,6 +256,11 @@ class ChatApp:
             self._reject(session, ERR_NOT_MEMBER, ack_id)
             return
         ticket = Ticket(session, ack_id)
+        if received_ns and self.hub.tracing.sample_message():
+            ticket.span = self.hub.tracing.start("send_message", start_ns=received_ns, kind=SpanKind.CONSUMER)
+            ticket.received_ns = received_ns
+            ticket.span.set_attribute("chat.room_id", data.roomId)
+            ticket.span.set_attribute("enduser.id", user)
         fast = self.settings.mode == "fast"
         key = None if data.clientMsgId is None else (data.roomId, user, data.clientMsgId)
         if fast and key is not None and self._answer_repeat(key, ticket):
@@ -317,6 +347,7 @@ class ChatApp:
             self.hub.delivery.publish_batch(outgoing, watermark)
             self.hub.flusher.stamp(trio.current_time())
             self.hub.messages_broadcast += sum(len(packets) for _, packets in outgoing.values())
+        broadcast_ns = now_ns() if self.hub.tracing.message_ratio else 0
         # Acks after the broadcasts: a sender that is in the room sees its message before the ack.
         for (message, ticket), result in zip(batch, results, strict=True):
             stored = result.message
@@ -326,6 +357,33 @@ class ChatApp:
             self._answer(ticket, ack)
             if not durable and message.client_msg_id is not None:
                 self._settle_repeats((message.room_id, message.sender, message.client_msg_id), ack)
+        if broadcast_ns:
+            self._trace_committed(batch, results, broadcast_ns)
+
+    def _trace_committed(
+        self, batch: list[tuple[NewMessage, Ticket]], results: list[Appended], broadcast_ns: int
+    ) -> None:
+        """The sampled messages of a committed batch: their spans get the steps the batch took, then end."""
+        tracing = self.hub.tracing
+        assert self.batcher is not None
+        commit_start, commit_end = self.batcher.last_commit_ns
+        acked_ns = now_ns()
+        for (_, ticket), result in zip(batch, results, strict=True):
+            span = ticket.span
+            if span is None:
+                continue
+            tracing.child(span, "queue", ticket.received_ns, commit_start)
+            tracing.child(span, "commit", commit_start, commit_end, **{"chat.batch_size": len(batch)})
+            if self.settings.mode == "durable":
+                tracing.child(span, "broadcast", commit_end, broadcast_ns)
+            tracing.child(span, "ack", broadcast_ns, acked_ns)
+            if result.message is not None:
+                span.set_attribute("chat.message_id", result.message.id)
+                span.set_attribute("chat.seq", result.message.seq)
+                span.set_attribute("chat.duplicate", result.duplicate)
+            else:
+                tracing.failed(span, "not_member", ERR_NOT_MEMBER)
+            span.end(end_time=acked_ns)
 
     def failed(self, batch: list[tuple[NewMessage, Ticket]], error: BaseException) -> None:
         lost = sum(1 for message, _ in batch if message.seq is not None)
@@ -338,6 +396,9 @@ class ChatApp:
             if not ticket.session.closed:
                 ticket.session.send(error_packet(ERR_SEND_FAILED))
             self._answer(ticket, AckError(ERR_SEND_FAILED))
+            if ticket.span is not None:
+                self.hub.tracing.failed(ticket.span, "storage", f"{ERR_SEND_FAILED}: {error}")
+                ticket.span.end()
             if message.client_msg_id is not None and message.seq is not None:
                 self._settle_repeats((message.room_id, message.sender, message.client_msg_id), None)
 

@@ -31,6 +31,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     jwt_secret: str = DEFAULT_JWT_SECRET
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
+    trace_messages: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.01
     max_body_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
     bcrypt_rounds: Annotated[int, msgspec.Meta(ge=4, le=31)] = 10
     bcrypt_batch_rounds: Annotated[int, msgspec.Meta(ge=4, le=31)] = 8
@@ -118,6 +119,14 @@ OPTIONS: tuple[Option, ...] = (
         "serve GET /metrics on this port (on --host) instead of the chat port, which then answers it 404: publish"
         " the chat port, scrape this one from inside (default: unset, /metrics on the chat port)",
         "PORT",
+    ),
+    Option(
+        "trace_messages",
+        "--trace-messages",
+        "TRACE_MESSAGES",
+        "when tracing is on (OTEL_EXPORTER_OTLP_ENDPOINT, see the README), the share of send_message events traced"
+        " from arrival to ack (default 0.01: one in a hundred, so a bombing does not become a span flood)",
+        "RATIO",
     ),
     Option(
         "database",

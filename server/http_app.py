@@ -7,6 +7,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+from opentelemetry import context, trace
+from opentelemetry.trace import Span, SpanKind, StatusCode
 from quart import Blueprint, Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -16,6 +18,7 @@ from server.http_io import error_response, json_response
 from server.routes_auth import auth_routes
 from server.routes_chat import chat_routes
 from server.services import Services
+from server.tracing import Tracing
 from storage.errors import StorageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -23,6 +26,40 @@ access = logging.getLogger("server.access")
 
 # Express's cors() defaults (contract §1.0).
 _ALLOW_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
+
+
+def _route() -> str:
+    """The matched route's template (``/api/chatrooms/<room_id>/messages``): the label, never the raw path."""
+    return request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+
+
+def _start_span(tracing: Tracing) -> None:
+    """The request's span, current while it is handled: spans made inside (polling's Engine.IO handshake)
+    become its children."""
+    if not tracing.enabled:
+        return
+    span = tracing.start(f"{request.method} {_route()}", kind=SpanKind.SERVER)
+    span.set_attribute("http.request.method", request.method)
+    span.set_attribute("http.route", _route())
+    span.set_attribute("url.path", request.path)
+    g.span, g.span_token = span, context.attach(trace.set_span_in_context(span))
+
+
+def _end_span(status: int | None) -> None:
+    span: Span | None = g.pop("span", None)
+    if span is None:
+        return
+    context.detach(g.pop("span_token"))
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(StatusCode.ERROR)
+    span.end()
+
+
+async def _end_span_at_teardown(error: BaseException | None) -> None:
+    """A request that ended without a response (cancelled, crashed) still ends its span."""
+    _end_span(500 if error is not None else None)
 
 
 def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
@@ -53,6 +90,7 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
     @app.before_request
     async def started() -> None:  # first, so that every request is timed (preflight may answer at once)
         g.started = time.perf_counter()
+        _start_span(svc.tracing)
 
     @app.before_request
     async def preflight() -> Response | None:
@@ -76,7 +114,8 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
         """One line per REST request (method, route template, status, duration); probes, metrics and polling
         requests at debug: they are the machinery, not the traffic."""
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        route = _route()
+        _end_span(response.status_code)
         level = logging.INFO if request.path.startswith("/api/") else logging.DEBUG
         if svc.metrics is not None and level == logging.INFO:
             svc.metrics.http_requests.labels(request.method, route, str(response.status_code)).inc()
@@ -90,6 +129,8 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
             extra={"method": request.method, "path": route, "status": response.status_code, "duration_s": seconds},
         )
         return response
+
+    app.teardown_request(_end_span_at_teardown)
 
     @app.errorhandler(RequestError)
     async def bad_request(error: RequestError) -> Response:

@@ -33,6 +33,7 @@ from server.metrics import Metrics, disconnect_kind
 from server.outbox import Flusher
 from server.rooms import RoomRegistry
 from server.session import Session
+from server.tracing import OFF, Tracing, now_ns
 from storage.engine import StorageEngine
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Hub:
     def __init__(self, settings: HubSettings, registry: RoomRegistry, metrics: Metrics, storage: StorageEngine) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.tracing: Tracing = OFF
         self.flusher = Flusher()
         self.flusher.on_written = metrics.commit_to_write.observe
         self.sessions: dict[str, Session] = {}
@@ -139,7 +141,10 @@ class Hub:
     # -- sessions ----------------------------------------------------------------------------------
     def open_session(self, token: str | None, *, websocket: bool = False, address: str | None = None) -> Session | None:
         """A new Engine.IO session, or None when the connection limit is reached."""
+        started_ns = now_ns() if self.tracing.enabled else 0
         if len(self.sessions) >= self.settings.max_connections:
+            if started_ns:
+                self._trace_handshake(started_ns, websocket, None)
             return None
         s = self.settings
         session = Session(
@@ -157,7 +162,20 @@ class Hub:
         session.address = address
         self.sessions[session.sid] = session
         self._schedule(session)
+        if started_ns:
+            self._trace_handshake(started_ns, websocket, session)
         return session
+
+    def _trace_handshake(self, started_ns: int, websocket: bool, session: Session | None) -> None:
+        """One span per Engine.IO handshake (polling's is a child of its HTTP request's span)."""
+        span = self.tracing.start("engine.io handshake", start_ns=started_ns)
+        span.set_attribute("engineio.transport", "websocket" if websocket else "polling")
+        if session is None:
+            self.tracing.failed(span, "connection_limit", "server at its connection limit")
+        else:
+            span.set_attribute("engineio.sid", session.sid)
+            span.set_attribute("client.address", session.address or "")
+        span.end()
 
     def open_packet(self, session: Session, *, upgrades: list[str]) -> bytes:
         s = self.settings

@@ -39,6 +39,7 @@ from server.rooms import RoomRegistry
 from server.send_limit import SendRateLimit
 from server.services import Services
 from server.tokens import Tokens
+from server.tracing import OFF, Tracing
 from server.ws_endpoint import WebSocketEndpoint
 from storage.batcher import WriteBehindBatcher
 from storage.engine import StorageEngine
@@ -87,6 +88,7 @@ class MinitalkServer:
         *,
         storage: StorageEngine | None = None,
         engine_apps: Mapping[str, EngineApp] | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         """``engine_apps``: more paths (``/engine.io/``) served as Engine.IO only, each by its own hub."""
         self.config = config
@@ -97,7 +99,9 @@ class MinitalkServer:
         self.registry = RoomRegistry(rest_storage)
         tokens = Tokens(config.jwt_secret)
         self.metrics = Metrics()
+        self.tracing = tracing
         self.hub = Hub(hub_settings(config), self.registry, self.metrics, self.storage)
+        self.hub.tracing = tracing
         self.chat = ChatApp(self.hub, self.registry, tokens, self.storage)
         self.hub.mount("/", self.chat)
         self.batcher: WriteBehindBatcher[Ticket] = WriteBehindBatcher(
@@ -149,6 +153,7 @@ class MinitalkServer:
             admin_routes=config.admin_routes,
             admin_token=config.admin_token,
             metrics=self.metrics,
+            tracing=tracing,
         )
         # Engine.IO-only hubs: the same settings, no Socket.IO CONNECT awaited.
         engine_settings = msgspec.structs.replace(self.hub.settings, connect_timeout=math.inf)

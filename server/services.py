@@ -13,6 +13,7 @@ from server.metrics import Metrics
 from server.passwords import PasswordHasher
 from server.rooms import RoomRegistry
 from server.tokens import Tokens
+from server.tracing import OFF, Tracing
 from storage.engine import StorageEngine
 
 
@@ -29,3 +30,4 @@ class Services(msgspec.Struct, frozen=True):
     admin_routes: Literal["open", "token", "off"] = "open"
     admin_token: str = ""
     metrics: Metrics | None = None  # HTTP requests and auth failures are counted here
+    tracing: Tracing = OFF  # a span per REST request when tracing is on

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -95,6 +96,8 @@ class WriteBehindBatcher(Generic[T]):
         self._settled = trio.Event()  # set and replaced after every batch that is committed or failed
         self._failing = False
         self.committed_messages = 0
+        # The last successful commit's start and end (wall clock, ns): when traced messages' spans were committed.
+        self.last_commit_ns = (0, 0)
         self.failed_messages = 0
 
     async def wait_for_room(self) -> None:
@@ -181,6 +184,7 @@ class WriteBehindBatcher(Generic[T]):
             first_failure = math.inf
             while True:
                 started = trio.current_time()
+                started_ns = time.time_ns()
                 try:
                     results = await self._engine.append_messages(messages)
                 except Exception as exc:
@@ -193,6 +197,7 @@ class WriteBehindBatcher(Generic[T]):
                     continue
                 if self._observer is not None:
                     self._observer.observe_batch(len(batch), trio.current_time() - started)
+                self.last_commit_ns = (started_ns, time.time_ns())
                 self._settle(batch, results, None)
                 return
 
