@@ -26,6 +26,7 @@ from protocol.rest import Limits
 from server.chat import ChatApp, Ticket
 from server.cluster import ClusterFollower
 from server.config import Config
+from server.dashboard import dashboard_routes
 from server.frontdoor import MAX_HEAD_BYTES, FrontDoor
 from server.health import Health, ReportingStorage
 from server.http_app import create_app
@@ -35,6 +36,7 @@ from server.metrics import Metrics
 from server.passwords import PasswordHasher
 from server.polling import polling_routes
 from server.rooms import RoomRegistry
+from server.routes_web import web_routes
 from server.send_limit import SendRateLimit
 from server.services import Services
 from server.tokens import Tokens
@@ -156,6 +158,8 @@ class MinitalkServer:
             self.engine_hubs[path] = engine_hub
         extra = [polling_routes(self.hub, self.metrics)]
         extra += [polling_routes(hub, None, path=path) for path, hub in self.engine_hubs.items()]
+        # The chat at / and the dashboard at /dashboard (static files and a metrics stream: never the hot path).
+        extra += [web_routes(), dashboard_routes(self.metrics.registry, self.health.stopping)]
         app = create_app(services, extra=extra)
         self.http = HttpHandoff(
             app,
