@@ -108,10 +108,10 @@ def ids_on_screen(page: Page) -> list[str]:
     return found
 
 
-def keep_screenshot(page: Page, name: str) -> None:
+def keep_screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SCREENSHOTS) / name))
+        page.screenshot(path=str(Path(SCREENSHOTS) / name), full_page=full_page)
 
 
 # ------------------------------------------------------------------------------------------------ serving
@@ -307,8 +307,8 @@ def test_two_people_chat_in_real_browsers(browser: Browser, server: ServerProces
 
 
 def test_a_refused_send_shows_failed_and_its_retry_reuses_the_client_msg_id(browser: Browser) -> None:
-    # One message a second per connection, no burst beyond one: the second of two quick sends is refused.
-    server = ServerProcess(["--message-rate", "1", "--message-burst", "1"])
+    # One message per 4 s per connection, no burst beyond one: the second of two quick sends is refused.
+    server = ServerProcess(["--message-rate", "0.25", "--message-burst", "1"])
     try:
         with Steps("failed-send-retry", server) as steps:
             page = new_page(browser, steps, "dora")
@@ -417,9 +417,10 @@ def test_the_dashboard_moves_while_a_small_load_runs(
         with SmallLoad(server.url, tokens, r.json()["roomId"]):
             poll(lambda: figure("accepted") > 0 and figure("deliveries") > 0, within=30, what="non-zero rates")
             poll(lambda: figure("connections") >= 3, within=15, what="the load's connections")
-            time.sleep(3)  # a few seconds of moving lines for the picture
+            # A few seconds of moving lines; for the README's picture, half a minute of them.
+            time.sleep(30 if SCREENSHOTS else 3)
             steps.shot("under-load")
-            keep_screenshot(page, "dashboard.png")
+            keep_screenshot(page, "dashboard.png", full_page=True)
         text = page.locator("#panels").inner_text()
         assert "NaN" not in text and "undefined" not in text
         assert page.locator("#alerts li").first.inner_text() == "None"
