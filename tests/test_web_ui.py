@@ -23,10 +23,14 @@ from playwright.sync_api import Browser, BrowserContext, Page, WebSocket, expect
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from server.dashboard import Sampler, histogram_quantile
+from tests import browser as browser_support
 from tests.browser import CHROMIUM_ARGS, ChromiumUnavailable, ServerProcess, Steps, ensure_chromium, poll
 from tests.pg_fixtures import installed_or_skip
 
 WAIT_MS = 15_000  # Playwright's bound on every wait and action
+# The hang guard of a browser test: the first one may install Chromium with apt-get (a minute or two on a
+# fresh machine) before it starts; every wait inside is bounded by WAIT_MS or its own deadline anyway.
+BROWSER_TEST = pytest.mark.timeout(300)
 SCREENSHOTS = os.environ.get("MINITALK_SCREENSHOTS")
 
 
@@ -201,6 +205,17 @@ def test_the_sampler_makes_rates_and_window_quantiles_and_null_for_missing_metri
     assert last["accepted_per_s"] == 0
 
 
+def test_a_missing_browser_is_a_skip_here_and_a_failure_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(browser_support, "CHROMIUM", Path("/nonexistent/chromium"))
+    monkeypatch.setattr(browser_support, "can_install", lambda: False)  # not root: nothing is installed
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        installed_or_skip(ensure_chromium, ChromiumUnavailable)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium"):
+        installed_or_skip(ensure_chromium, ChromiumUnavailable)
+
+
 # ------------------------------------------------------------------------------------------------ in a browser
 
 
@@ -250,6 +265,7 @@ async () => {
 """
 
 
+@BROWSER_TEST
 def test_the_timeline_shows_each_message_once_whatever_the_order(browser: Browser, server: ServerProcess) -> None:
     with Steps("timeline", server) as steps:
         page = new_page(browser, steps, "timeline")
@@ -263,6 +279,7 @@ def test_the_timeline_shows_each_message_once_whatever_the_order(browser: Browse
         assert out["retried"] == ["again:sent", "c9"]
 
 
+@BROWSER_TEST
 def test_two_people_chat_in_real_browsers(browser: Browser, server: ServerProcess, http: httpx.Client) -> None:
     with Steps("two-people-chat", server) as steps:
         tokens = users(http, "bob", "carol")
@@ -365,6 +382,7 @@ def test_two_people_chat_in_real_browsers(browser: Browser, server: ServerProces
             assert page.errors == [], page.errors  # type: ignore[attr-defined]
 
 
+@BROWSER_TEST
 def test_a_refused_send_shows_failed_and_its_retry_reuses_the_client_msg_id(browser: Browser) -> None:
     # One message per 4 s per connection, no burst beyond one: the second of two quick sends is refused.
     server = ServerProcess(["--message-rate", "0.25", "--message-burst", "1"])
@@ -454,6 +472,7 @@ class SmallLoad:
             sio.disconnect()
 
 
+@BROWSER_TEST
 def test_the_dashboard_moves_while_a_small_load_runs(
     browser: Browser, server: ServerProcess, http: httpx.Client
 ) -> None:
