@@ -175,8 +175,8 @@ def external(url: str, pid: int | None = None, more_urls: list[str] | None = Non
 
 # Our /metrics histograms whose mean the reports print: (name in results, histogram, scale to the unit).
 HISTOGRAM_MEANS = (
-    ("loop_lag_ms", "minitalk_event_loop_lag", 1000.0),
-    ("batch_size", "minitalk_batch_size", 1.0),
+    ("loop_lag_ms", "minitalk_event_loop_lag_seconds", 1000.0),
+    ("batch_size", "minitalk_batch_size_messages", 1.0),
     ("commit_ms", "minitalk_commit_seconds", 1000.0),
 )
 
@@ -262,7 +262,7 @@ class Sampler:
         self.commit_snapshots.append((t, {k: v for k, v in now.items() if k.startswith(COMMIT)}))
         out = {
             "outbox_mb": round(now.get("minitalk_outbox_bytes", 0.0) / 2**20, 3),
-            "ingest_queue": now.get("minitalk_ingest_queue", 0.0),
+            "ingest_queue": now.get("minitalk_ingest_queue_messages", 0.0),
             "slow_consumer_disconnects": now.get("minitalk_slow_consumer_disconnects_total", 0.0),
         }
         if not before:

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import msgspec
+import trio
 
 from protocol import socketio
 from protocol.errors import SocketIOError
@@ -311,8 +312,10 @@ class ChatApp:
             if durable:
                 run = outgoing.setdefault(stored.room_id, (stored.seq, []))
                 run[1].append(stored_packet(stored))
+        self.hub.metrics.observe_received(batch[0][0].timestamp_ms)  # FIFO: the first is the batch's oldest
         if outgoing:
             self.hub.delivery.publish_batch(outgoing, watermark)
+            self.hub.flusher.stamp(trio.current_time())
             self.hub.messages_broadcast += sum(len(packets) for _, packets in outgoing.values())
         # Acks after the broadcasts: a sender that is in the room sees its message before the ack.
         for (message, ticket), result in zip(batch, results, strict=True):

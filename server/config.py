@@ -26,6 +26,7 @@ AdminRoutes = Literal["open", "token", "off"]
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 4000
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
     database: str = DEFAULT_DATABASE
     jwt_secret: str = DEFAULT_JWT_SECRET
     log_level: LogLevel = "info"
@@ -110,6 +111,14 @@ class Option(msgspec.Struct, frozen=True):
 OPTIONS: tuple[Option, ...] = (
     Option("host", "--host", None, "address to listen on (default 127.0.0.1: loopback only)", "ADDR"),
     Option("port", "--port", "PORT", "TCP port for REST and Socket.IO (default 4000, as the original)", "PORT"),
+    Option(
+        "metrics_port",
+        "--metrics-port",
+        "METRICS_PORT",
+        "serve GET /metrics on this port (on --host) instead of the chat port, which then answers it 404: publish"
+        " the chat port, scrape this one from inside (default: unset, /metrics on the chat port)",
+        "PORT",
+    ),
     Option(
         "database",
         "--database",

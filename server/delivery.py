@@ -128,6 +128,11 @@ class Delivery:
     def lagging(self) -> int:
         return len(self._lagging)
 
+    def backlog(self) -> int:
+        """Messages the lagging members have still to read, all rooms together (for /metrics: a scan)."""
+        head = self._head
+        return sum(max(0, head(room) - cursor) for s in self._lagging for room, cursor in s.cursors.items())
+
     # -- live pushes -------------------------------------------------------------------------------
     def publish_batch(self, runs: dict[str, tuple[int, list[bytes]]], watermark: int) -> None:
         """A committed batch, room by room (each room's messages consecutive from its first seq).

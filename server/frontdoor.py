@@ -116,7 +116,7 @@ class FrontDoor:
             await trio.aclose_forcefully(stream)
             return
         if self._max_per_ip and self._per_ip.get(peer, 0) >= self._max_per_ip:
-            self._metrics.connections_refused.labels("per_ip").inc()
+            self._metrics.rate_limits_hit.labels("connections_per_ip").inc()
             with trio.move_on_after(1), contextlib.suppress(trio.BrokenResourceError, OSError):
                 await stream.send_all(_TOO_MANY)  # best effort: it fits in the socket buffer, the peer may be gone
             await trio.aclose_forcefully(stream)

@@ -84,6 +84,7 @@ class Hub:
         self.settings = settings
         self.metrics = metrics
         self.flusher = Flusher()
+        self.flusher.on_written = metrics.commit_to_write.observe
         self.sessions: dict[str, Session] = {}
         self.storage = storage
         self.delivery = Delivery(
@@ -396,6 +397,7 @@ class Hub:
             "largest_outbox_bytes": largest,
             "rooms": delivery.rooms(),
             "lagging": delivery.lagging(),
+            "catchup_backlog": delivery.backlog(),
             "messages_broadcast": self.messages_broadcast,
             "deliveries": delivery.messages_pushed + delivery.messages_caught_up,
             "deliveries_caught_up": delivery.messages_caught_up,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,33 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series double the output and nobody graphs them
+
+# Buckets for the latencies of a message (commit, receive-to-commit, commit-to-write): from half a
+# millisecond (an idle commit) to 2.5 s (a stalled disk), dense where the delivery targets are (5-100 ms).
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+# Where cgroups keep the memory limit: v2 (one file, "max" when unlimited), then v1 (a huge number).
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+# cgroup v1 says "no limit" with a number near 2**63 rounded to the page size; anything past this is none.
+_NO_LIMIT = 2**62
+
+
+def memory_limit_bytes(paths: tuple[Path, ...] = _CGROUP_LIMITS) -> float:
+    """The process's cgroup memory limit in bytes; 0 when there is none (or it cannot be read)."""
+    for path in paths:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return 0.0
+        try:
+            value = int(text)
+        except ValueError:
+            continue
+        return 0.0 if value >= _NO_LIMIT else float(value)
+    return 0.0
+
 
 # Event-loop lag is sampled this often: often enough to see a stall, cheap enough to never show up in a profile.
 LAG_SAMPLE_S = 0.1
@@ -82,8 +110,13 @@ class Metrics:
         self.messages_rejected = Counter(
             "minitalk_messages_rejected", "send_message events refused with an error", registry=r
         )
-        self.rate_limited = Counter(
-            "minitalk_rate_limited", "send_message events refused by the per-connection rate limit", registry=r
+        # One family for every limit a client can run into, so one alert watches them all.
+        self.rate_limits_hit = Counter(
+            "minitalk_rate_limits_hit",
+            "requests refused by a configured limit, by kind: message (--message-rate), connections_per_ip"
+            " (--max-connections-per-ip)",
+            ["kind"],
+            registry=r,
         )
         self.disconnects = Counter(
             "minitalk_disconnects", "Engine.IO sessions ended, by kind of reason", ["reason"], registry=r
@@ -107,7 +140,7 @@ class Metrics:
             "minitalk_slow_consumer_disconnects", "members cut off for falling behind", registry=r
         )
         self.batch_size = Histogram(
-            "minitalk_batch_size",
+            "minitalk_batch_size_messages",
             "messages per group commit",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
             registry=r,
@@ -115,7 +148,23 @@ class Metrics:
         self.commit_seconds = Histogram(
             "minitalk_commit_seconds",
             "time to commit one batch",
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        # A message's time in the server, in two halves. Observed once per batch, not per message (a
+        # histogram takes a lock per observation): receive-to-commit for the batch's oldest message, so the
+        # worst wait in each batch; commit-to-write once the flusher round that writes the batch has ended.
+        self.receive_to_commit = Histogram(
+            "minitalk_receive_to_commit_seconds",
+            "from a batch's oldest send_message being accepted to the batch's commit (one observation per batch)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_to_write = Histogram(
+            "minitalk_commit_to_write_seconds",
+            "from a batch's commit to its frames written to every live websocket member (durable mode; members"
+            " catching up from the log and polling members are not counted; one observation per batch)",
+            buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.connection_errors = Counter(
@@ -127,20 +176,38 @@ class Metrics:
             "minitalk_lagging_members", "members catching up from the log instead of live pushes", registry=r
         )
         self.outbox_bytes = Gauge("minitalk_outbox_bytes", "bytes waiting in websocket outboxes", registry=r)
-        self.ingest_queue = Gauge("minitalk_ingest_queue", "messages waiting for the batcher", registry=r)
-        self.loop_lag = Gauge("minitalk_event_loop_lag_seconds", "latest event-loop lag sample", registry=r)
+        self.catchup_backlog = Gauge(
+            "minitalk_catchup_backlog_messages",
+            "messages the members catching up from the log have still to read (read at scrape)",
+            registry=r,
+        )
+        self.ingest_queue = Gauge(
+            "minitalk_ingest_queue_messages", "messages accepted and not yet committed", registry=r
+        )
+        self.ingest_queue_capacity = Gauge(
+            "minitalk_ingest_queue_capacity_messages",
+            "the ingest queue's bound (--ingest-queue): senders wait while it is full",
+            registry=r,
+        )
+        self.memory_limit = Gauge(
+            "minitalk_memory_limit_bytes",
+            "the memory limit of the process's cgroup (a container's or a systemd unit's), 0 when there is none",
+            registry=r,
+        )
+        self.memory_limit.set_function(memory_limit_bytes)
+        self.ready = Gauge(
+            "minitalk_ready", "1 while /ready answers 200 (storage committing, not shutting down), else 0", registry=r
+        )
+        self.loop_lag = Gauge("minitalk_event_loop_lag_latest_seconds", "the latest event-loop lag sample", registry=r)
         self.loop_lag_hist = Histogram(
-            "minitalk_event_loop_lag",
-            "event-loop lag samples (seconds)",
+            "minitalk_event_loop_lag_seconds",
+            "event-loop lag samples, one every 0.1 s",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
             registry=r,
         )
         # Connection hardening: the front door and the body guard count what they refuse or cut.
         self.http_body_timeouts = Counter(
             "minitalk_http_body_timeouts", "requests whose body did not arrive within --body-timeout", registry=r
-        )
-        self.connections_refused = Counter(
-            "minitalk_connections_refused", "connections closed at accept, by reason", ["reason"], registry=r
         )
         self.accept_errors = Counter(
             "minitalk_accept_errors",
@@ -153,8 +220,21 @@ class Metrics:
         self.batch_size.observe(size)
         self.commit_seconds.observe(seconds)
 
-    def bind(self, hub_stats: Callable[[], dict[str, int]], queue_depth: Callable[[], int]) -> None:
+    def observe_received(self, oldest_accepted_ms: int) -> None:
+        """A batch was committed; its oldest message was accepted at ``oldest_accepted_ms`` (wall clock, ms)."""
+        self.receive_to_commit.observe(max(0.0, time.time() - oldest_accepted_ms / 1000))
+
+    def bind(
+        self,
+        hub_stats: Callable[[], dict[str, int]],
+        queue_depth: Callable[[], int],
+        queue_capacity: int,
+        ready: Callable[[], bool],
+    ) -> None:
         """Gauges read at scrape time, so the hot path never updates them."""
+        self.ingest_queue_capacity.set(queue_capacity)
+        self.ready.set_function(lambda: 1.0 if ready() else 0.0)
+        self.catchup_backlog.set_function(lambda: hub_stats()["catchup_backlog"])
         self.connections.labels("websocket").set_function(lambda: hub_stats()["websocket"])
         self.connections.labels("polling").set_function(lambda: hub_stats()["polling"])
         self.outbox_bytes.set_function(lambda: hub_stats()["outbox_bytes"])

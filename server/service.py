@@ -33,6 +33,7 @@ from server.http_app import create_app
 from server.http_handoff import HttpHandoff
 from server.hub import EngineApp, Hub, HubSettings
 from server.metrics import Metrics
+from server.metrics_port import MetricsPort
 from server.passwords import PasswordHasher
 from server.polling import polling_routes
 from server.rooms import RoomRegistry
@@ -129,8 +130,10 @@ class MinitalkServer:
         if self.follower is not None:
             self.chat.refresh_room = self.follower.refresh
         if config.message_rate > 0:
-            self.chat.send_limit = SendRateLimit(config.message_rate, config.message_burst, self.metrics.rate_limited)
-        self.metrics.bind(self.hub.statistics, self.batcher.queue_depth)
+            self.chat.send_limit = SendRateLimit(
+                config.message_rate, config.message_burst, self.metrics.rate_limits_hit.labels("message")
+            )
+        self.metrics.bind(self.hub.statistics, self.batcher.queue_depth, config.ingest_queue, lambda: self.health.ready)
         limits = Limits(config.max_batch_items, config.max_participants, config.max_name_chars)
         hasher = PasswordHasher(
             rounds=config.bcrypt_rounds, batch_rounds=config.bcrypt_batch_rounds, threads=config.hash_threads
@@ -156,7 +159,13 @@ class MinitalkServer:
             engine_hub = Hub(engine_settings, self.registry, Metrics(), self.storage)
             engine_hub.mount_engine(engine_app)
             self.engine_hubs[path] = engine_hub
-        extra = [polling_routes(self.hub, self.metrics)]
+        # With a metrics port, /metrics is served there only (the chat port is the public one).
+        self.metrics_port = (
+            MetricsPort(self.metrics.render, config.host, config.metrics_port)
+            if config.metrics_port is not None
+            else None
+        )
+        extra = [polling_routes(self.hub, None if self.metrics_port else self.metrics)]
         extra += [polling_routes(hub, None, path=path) for path, hub in self.engine_hubs.items()]
         # The chat at / and the dashboard at /dashboard (static files and a metrics stream: never the hot path).
         extra += [web_routes(), dashboard_routes(self.metrics.registry, self.health.stopping)]
@@ -177,6 +186,7 @@ class MinitalkServer:
             more_websockets={path: WebSocketEndpoint(hub) for path, hub in self.engine_hubs.items()},
         )
         self._shutdown = trio.Event()
+        self.metrics_port_bound: int | None = None  # the port --metrics-port listens on (0 picks one)
 
     @property
     def shutdown_requested(self) -> bool:
@@ -254,6 +264,8 @@ class MinitalkServer:
             if self.follower is not None:
                 await hub_scope.start(self.follower.run)
             await hub_scope.start(self.http.run)
+            if self.metrics_port is not None:
+                self.metrics_port_bound = await hub_scope.start(self.metrics_port.run)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
             port = int(listeners[0].socket.getsockname()[1])
             async with trio.open_nursery() as connections:

@@ -231,7 +231,7 @@ async def test_connections_past_the_per_address_limit_get_503(nursery: trio.Nurs
     async with httpx.AsyncClient(base_url=running.url, timeout=GUARD_S) as http:
         assert (await http.get("/health")).status_code == 200  # a freed slot is usable again
         text = (await http.get("/metrics")).text
-    assert 'minitalk_connections_refused_total{reason="per_ip"} 1.0' in text
+    assert 'minitalk_rate_limits_hit_total{kind="connections_per_ip"} 1.0' in text
     await second.aclose()
     await running.stop()
 

@@ -114,8 +114,10 @@ async def test_members_at_the_head_get_pushes_and_a_slow_one_catches_up_without_
         assert slow.pending_bytes <= 16 * 1024 + 7 * 1100, "at most the high-water mark plus a page"
     assert fast_got == [(ROOM, n) for n in range(1, 101)]
     assert slow.lagging and not fast.lagging
+    assert delivery.backlog() == 100 - slow.cursors[ROOM] > 0, "the slow member's unread messages"
     got = await settle(delivery, slow)
     assert got == [(ROOM, n) for n in range(1, 101)], "every message once, in seq order"
+    assert delivery.backlog() == 0
     assert delivery.messages_caught_up > 0
     # Live again: the next batch is pushed to it directly, continuing its cursor.
     packets = await log.commit(ROOM, 1)

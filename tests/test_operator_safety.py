@@ -201,7 +201,7 @@ async def test_send_rate_limit_over_websocket(slow_rate: RunningServer) -> None:
             r = await http.get(f"/api/chatrooms/{room}/messages", headers=bearer(tokens["alice"]))
             assert [row["content"] for row in r.json()] == ["m0", "m1", "m2"], "refused messages are not stored"
             metrics = (await http.get("/metrics")).text
-            assert "minitalk_rate_limited_total 3.0" in metrics
+            assert 'minitalk_rate_limits_hit_total{kind="message"} 3.0' in metrics
         finally:
             await peer.close()
 
