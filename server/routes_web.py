@@ -63,9 +63,13 @@ def load_files(root: Path = WEB_DIR) -> dict[str, StaticFile]:
     return files
 
 
-def web_routes(root: Path = WEB_DIR) -> Blueprint:
+def web_routes(root: Path = WEB_DIR, *, dashboard: bool = True) -> Blueprint:
+    """The chat's files, and the dashboard's unless ``dashboard`` is false (``--metrics-port``: the numbers
+    are not for the public port)."""
     bp = Blueprint("web", __name__)
     files = load_files(root)
+    if not dashboard:
+        files = {name: file for name, file in files.items() if not name.startswith("dashboard.")}
 
     def serve(name: str) -> Response:
         file = files.get(name)
@@ -87,9 +91,11 @@ def web_routes(root: Path = WEB_DIR) -> Blueprint:
     async def chat_page() -> Response:
         return serve("index.html")
 
-    @bp.get("/dashboard")
-    async def dashboard_page() -> Response:
-        return serve("dashboard.html")
+    if dashboard:
+
+        @bp.get("/dashboard")
+        async def dashboard_page() -> Response:
+            return serve("dashboard.html")
 
     @bp.get("/web/<path:name>")
     async def asset(name: str) -> Response:

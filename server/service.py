@@ -168,7 +168,11 @@ class MinitalkServer:
         extra = [polling_routes(self.hub, None if self.metrics_port else self.metrics)]
         extra += [polling_routes(hub, None, path=path) for path, hub in self.engine_hubs.items()]
         # The chat at / and the dashboard at /dashboard (static files and a metrics stream: never the hot path).
-        extra += [web_routes(), dashboard_routes(self.metrics.registry, self.health.stopping)]
+        # The dashboard shows what /metrics shows: with a metrics port, not on the public port either.
+        dashboard = self.metrics_port is None
+        extra.append(web_routes(dashboard=dashboard))
+        if dashboard:
+            extra.append(dashboard_routes(self.metrics.registry, self.health.stopping))
         app = create_app(services, extra=extra)
         self.http = HttpHandoff(
             app,

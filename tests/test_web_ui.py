@@ -150,6 +150,17 @@ def test_pages_and_files_are_served_with_their_types_and_cache_headers(http: htt
         assert r.json()["error"].startswith("Cannot GET"), missing
 
 
+def test_with_a_metrics_port_the_public_port_has_the_chat_and_no_dashboard() -> None:
+    server = ServerProcess(["--metrics-port", "0"])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            assert http.get("/").status_code == 200
+            for path in ["/dashboard", "/dashboard/stream", "/web/dashboard.js", "/metrics"]:
+                assert http.get(path).status_code == 404, path
+    finally:
+        assert server.stop() == 0
+
+
 def test_the_dashboard_stream_sends_frames_of_every_figure(http: httpx.Client) -> None:
     frames: list[dict[str, Any]] = []
     with http.stream("GET", "/dashboard/stream") as r:
@@ -165,6 +176,15 @@ def test_the_dashboard_stream_sends_frames_of_every_figure(http: httpx.Client) -
     assert second["accepted_per_s"] is not None and second["accepted_per_s"] >= 0
     assert set(second["connections"]) == {"websocket", "polling"}
     assert second["rss_bytes"] > 0
+    # The final metric names (with units) are read: these figures are there from the start.
+    assert second["ready"] == 1
+    assert second["ingest_queue_capacity_messages"] > 0
+    assert second["ingest_queue_messages"] == 0
+    assert second["catchup_backlog_messages"] == 0
+    assert second["loop_lag_s"] is not None
+    assert second["loop_lag_p99_s"] is not None  # sampled every 0.1 s
+    assert second["memory_limit_bytes"] is not None
+    assert second["rate_limits_total"] == 0
     assert second["alerts"] == []
     assert set(first) == set(second)
 

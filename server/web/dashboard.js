@@ -20,6 +20,7 @@ const fmt = {
     return `${number(v, i === 0 ? 0 : 1)} ${units[i]}`;
   },
   percent: (v) => `${number(v, 1)} %`,
+  messages: (v) => `${number(v)} ${v === 1 ? "msg" : "msgs"}`,
 };
 
 function show(v, format) {
@@ -77,7 +78,7 @@ const PANELS = [
     id: "backlog",
     title: "Catch-up backlog",
     value: (f) => f.catchup_backlog_messages,
-    format: (v) => `${number(v)} msgs`,
+    format: fmt.messages,
   },
   {
     id: "lagging",
@@ -106,7 +107,7 @@ const PANELS = [
     id: "ingest",
     title: "Ingest queue",
     value: (f) => f.ingest_queue_messages,
-    format: (v) => `${number(v)} msgs`,
+    format: fmt.messages,
     sub: (f) => `capacity ${show(f.ingest_queue_capacity_messages, fmt.count)} · batch p50 ${show(f.batch_size_p50_messages, fmt.count)}`,
   },
   { id: "cpu", title: "CPU", value: (f) => f.cpu_percent, format: fmt.percent, sub: () => "100 % = one core" },
@@ -115,7 +116,7 @@ const PANELS = [
     title: "Memory (RSS)",
     value: (f) => f.rss_bytes,
     format: fmt.bytes,
-    sub: (f) => `limit ${show(f.memory_limit_bytes, fmt.bytes)}`,
+    sub: (f) => `limit ${f.memory_limit_bytes === 0 ? "none (no cgroup limit)" : show(f.memory_limit_bytes, fmt.bytes)}`,
   },
 ];
 
