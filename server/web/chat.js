@@ -51,6 +51,7 @@ const state = {
   roomId: null,
   unread: new Map(),
   timeline: null,
+  historyLoaded: null, // the open room, once its newest history page is in
   rendered: new Map(), // row key -> <li>, for the open room
   renderQueued: false,
 };
@@ -188,7 +189,7 @@ function connect() {
     state.everConnected = true;
     if (state.roomId) socket.emit("join_room", { roomId: state.roomId });
     // Recovered: the server replays what we missed (connection state recovery). Otherwise: catch up by hand.
-    if (again && !socket.recovered) catchUp();
+    if (again && !socket.recovered) catchUp().catch((error) => say(el.roomStatus, `Could not catch up: ${error.message}`, "error"));
   });
   socket.on("disconnect", (reason) => {
     setConn("offline", "Offline: reconnecting…");
@@ -207,6 +208,14 @@ function connect() {
     if (added && msg.roomId !== state.roomId) {
       state.unread.set(msg.roomId, (state.unread.get(msg.roomId) || 0) + 1);
       renderRooms();
+    }
+  });
+  // A join may reach the server after the history read (two connections): what was committed in between is
+  // read once the join is confirmed, so nothing falls into that gap.
+  socket.on("joined_room", (payload) => {
+    const roomId = payload && payload.roomId;
+    if (roomId && roomId === state.roomId && state.historyLoaded === roomId) {
+      pageAfter(roomId, state.timeline.lastSeq(roomId)).catch(() => {});
     }
   });
   socket.on("error", (payload) => {
@@ -351,10 +360,12 @@ async function openRoom(roomId) {
   renderRoomHead(room);
   if (state.socket && state.socket.connected) state.socket.emit("join_room", { roomId });
   state.timeline.forget(roomId); // the newest page from the log, then live (pending sends are kept)
+  state.historyLoaded = null;
   try {
     const page = await state.api.history(roomId, { limit: String(PAGE) });
     if (state.roomId !== roomId) return;
     state.timeline.addMany(roomId, page);
+    state.historyLoaded = roomId;
     el.older.hidden = page.length < PAGE;
   } catch (error) {
     say(el.roomStatus, `Failed to load messages: ${error.message}`, "error");
