@@ -10,7 +10,7 @@ AB_STAMP := $(AB_VENV)/.installed
 # make run-cluster: how many server processes behind HAProxy.
 N ?= 3
 
-.PHONY: run run-postgres run-cluster test lint typecheck unit clean autobahn
+.PHONY: run run-postgres run-cluster test lint typecheck unit clean autobahn vendor-socketio
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ $(AB_STAMP): tools/autobahn/requirements.txt
 	$(PY27) -m virtualenv --quiet $(AB_VENV)
 	$(AB_VENV)/bin/pip install --quiet -r tools/autobahn/requirements.txt
 	touch $(AB_STAMP)
+
+## Refresh the chat's vendored Socket.IO browser client (server/web/vendor/) from the npm package: needs npm.
+## SIO_VERSION=4.8.1 by default (the frontend's locked version).
+vendor-socketio: $(STAMP)
+	$(BIN)/python -m tools.vendor_socketio $(if $(SIO_VERSION),--version $(SIO_VERSION))
 
 clean:
 	rm -rf $(VENV) $(AB_VENV) tools/autobahn/reports .mypy_cache .pytest_cache .ruff_cache

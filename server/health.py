@@ -46,6 +46,8 @@ class Health:
     def __init__(self) -> None:
         self._storage_problem: str | None = None
         self._stopping = False
+        # Set by shutting_down(): what a long-lived response (the dashboard's stream) waits on to end at once.
+        self.stopping = trio.Event()
 
     @property
     def ready(self) -> bool:
@@ -79,6 +81,7 @@ class Health:
     def shutting_down(self) -> None:
         """The server stops taking new work; final: readiness never comes back in this process."""
         self._stopping = True
+        self.stopping.set()
 
 
 class ReportingStorage:

@@ -26,6 +26,7 @@ from protocol.rest import Limits
 from server.chat import ChatApp, Ticket
 from server.cluster import ClusterFollower
 from server.config import Config
+from server.dashboard import dashboard_routes
 from server.frontdoor import MAX_HEAD_BYTES, FrontDoor
 from server.health import Health, ReportingStorage
 from server.http_app import create_app
@@ -36,6 +37,7 @@ from server.metrics_port import MetricsPort
 from server.passwords import PasswordHasher
 from server.polling import polling_routes
 from server.rooms import RoomRegistry
+from server.routes_web import web_routes
 from server.send_limit import SendRateLimit
 from server.services import Services
 from server.tokens import Tokens
@@ -170,6 +172,12 @@ class MinitalkServer:
         )
         extra = [polling_routes(self.hub, None if self.metrics_port else self.metrics)]
         extra += [polling_routes(hub, None, path=path) for path, hub in self.engine_hubs.items()]
+        # The chat at / and the dashboard at /dashboard (static files and a metrics stream: never the hot path).
+        # The dashboard shows what /metrics shows: with a metrics port, not on the public port either.
+        dashboard = self.metrics_port is None
+        extra.append(web_routes(dashboard=dashboard))
+        if dashboard:
+            extra.append(dashboard_routes(self.metrics.registry, self.health.stopping))
         app = create_app(services, extra=extra)
         self.http = HttpHandoff(
             app,
