@@ -126,7 +126,12 @@ def create_app(svc: Services, extra: Sequence[Blueprint] = ()) -> QuartTrio:
             route,
             response.status_code,
             seconds * 1000,
-            extra={"method": request.method, "path": route, "status": response.status_code, "duration_s": round(seconds, 6)},
+            extra={
+                "method": request.method,
+                "path": route,
+                "status": response.status_code,
+                "duration_s": round(seconds, 6),
+            },
         )
         return response
 
