@@ -8,7 +8,8 @@ not have (renamed, not registered in this mode) is ``null`` in the frame and a d
 never fails for a missing name.
 
 Alerts: each frame carries ``alerts``, the list the ``alerts`` callable returns (each ``{name, severity,
-summary}``); the server passes one that evaluates its alerting rules. Until then it is always empty.
+summary}``): the server passes ``Alerting.firing`` (``server/alerting.py``), the rules of
+``deploy/prometheus/alerts.yml`` evaluated in the process.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ Alerts = Callable[[], list[dict[str, str]]]
 
 
 def no_alerts() -> list[dict[str, str]]:
-    """The hook for alerting rules evaluated in the server: none yet."""
+    """No alerting rules (a dashboard without an evaluator, in tests)."""
     return []
 
 

@@ -23,6 +23,7 @@ import trio
 
 from protocol.ratelimit import LoginGuard
 from protocol.rest import Limits
+from server.alerting import Alerting
 from server.chat import ChatApp, Ticket
 from server.cluster import ClusterFollower
 from server.config import Config
@@ -176,8 +177,10 @@ class MinitalkServer:
         # The dashboard shows what /metrics shows: with a metrics port, not on the public port either.
         dashboard = self.metrics_port is None
         extra.append(web_routes(dashboard=dashboard))
+        # The alert rules of deploy/prometheus/alerts.yml, evaluated here for the dashboard's alerts panel.
+        self.alerting = Alerting(self.metrics.registry)
         if dashboard:
-            extra.append(dashboard_routes(self.metrics.registry, self.health.stopping))
+            extra.append(dashboard_routes(self.metrics.registry, self.health.stopping, alerts=self.alerting.firing))
         app = create_app(services, extra=extra)
         self.http = HttpHandoff(
             app,
@@ -273,6 +276,7 @@ class MinitalkServer:
             if self.follower is not None:
                 await hub_scope.start(self.follower.run)
             await hub_scope.start(self.http.run)
+            await hub_scope.start(self.alerting.run)
             if self.metrics_port is not None:
                 self.metrics_port_bound = await hub_scope.start(self.metrics_port.run)
             listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
