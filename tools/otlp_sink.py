@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -85,12 +86,19 @@ class SpanStore:
         with self._lock:
             return list(self._spans)
 
+    def take(self) -> list[ReceivedSpan]:
+        """The spans received since the last ``take`` (the printing loop keeps no unbounded list)."""
+        with self._lock:
+            taken, self._spans = self._spans, []
+            return taken
+
 
 def span_tree(spans: list[ReceivedSpan], root: ReceivedSpan) -> str:
     """The trace under ``root`` as indented text: name, duration, offset from the root, attributes."""
     children: dict[str, list[ReceivedSpan]] = {}
     for s in spans:
-        children.setdefault(s.parent_id, []).append(s)
+        if s.trace_id == root.trace_id:
+            children.setdefault(s.parent_id, []).append(s)
     lines: list[str] = []
 
     def walk(span: ReceivedSpan, depth: int) -> None:
@@ -181,20 +189,23 @@ def main(argv: list[str] | None = None) -> int:
     sink = Sink(grpc_port=args.grpc_port, http_port=args.http_port)
     sink.start()
     print(f"OTLP sink: grpc 127.0.0.1:{sink.grpc_port}, http/protobuf 127.0.0.1:{sink.http_port}/v1/traces")
-    printed: set[str] = set()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops it as Ctrl-C does
+    received = 0
     try:
         while True:
             time.sleep(1)
-            spans = sink.store.spans()
+            # A root span ends after its children, so a trace arrives whole in one export or the root last:
+            # each second's spans are printed and dropped (memory stays flat however long it runs).
+            spans = sink.store.take()
+            received += len(spans)
             for root in spans:
-                if root.parent_id == "" and root.name == args.roots and root.span_id not in printed:
-                    printed.add(root.span_id)
+                if root.parent_id == "" and root.name == args.roots:
                     print(span_tree(spans, root), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         sink.stop()
-        print(f"{len(sink.store.spans())} spans in {sink.store.requests} export requests")
+        print(f"{received} spans in {sink.store.requests} export requests")
     return 0
 
 
