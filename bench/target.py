@@ -11,12 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import psutil
 
+from server.config import OPTIONS
 from storage.open import redact, sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +133,7 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str 
         "database": redact(database) if database else "sqlite (temporary file)",
         "pinned_cores": pinned_cores(cores),
         "args": args[3:],
+        "environment": server_environment(args, os.environ),
     }
     return Target(
         f"minitalk-trio ({mode})",
@@ -140,6 +143,19 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str 
         proc=proc,
         workdir=workdir,
     )
+
+
+SECRETS = {"JWT_SECRET", "ADMIN_TOKEN"}
+
+
+def server_environment(args: list[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's settings that come from the environment it inherits (no flag in ``args`` overrides them), so a
+    result says when a run was made with, say, ``BATCH_LINGER=0.05``. Secrets are recorded as set, not shown."""
+    found = {}
+    for opt in OPTIONS:
+        if opt.env is not None and opt.env in environ and opt.flag not in args:
+            found[opt.env] = "***" if opt.env in SECRETS else environ[opt.env]
+    return found
 
 
 def _wait_for_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
