@@ -9,8 +9,11 @@ AB_VENV  ?= .autobahn-venv
 AB_STAMP := $(AB_VENV)/.installed
 # make run-cluster: how many server processes behind HAProxy.
 N ?= 3
+# make bench-check / bench-baseline: the quick preset, 7 runs of 10 s, each on a freshly started server (~1.5 min).
+BENCH_RUN      ?= quick --repeat 7 --duration 10 --no-live
+BENCH_BASELINE ?= bench/baseline/quick.json
 
-.PHONY: run run-postgres run-cluster test lint typecheck unit clean autobahn
+.PHONY: run run-postgres run-cluster test lint typecheck unit clean autobahn bench-check bench-baseline
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +49,20 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Regression check: the quick preset as BENCH_RUN says, compared with the committed baseline (median of the runs,
+## threshold from their spread: bench/compare.py). Exit 1 on a regression, 0 otherwise. README: "Benchmarks".
+bench-check: $(STAMP)
+	rm -rf bench/results/check
+	$(BIN)/python -m bench run $(BENCH_RUN) --out bench/results/check
+	$(BIN)/python -m bench compare $(BENCH_BASELINE) bench/results/check
+
+## Refresh the baseline with the same command, on a machine as quiet as you can make it; then commit it.
+bench-baseline: $(STAMP)
+	rm -rf bench/results/baseline
+	$(BIN)/python -m bench run $(BENCH_RUN) --out bench/results/baseline
+	mkdir -p $(dir $(BENCH_BASELINE))
+	cp bench/results/baseline/*.json $(BENCH_BASELINE)
 
 ## Autobahn|Testsuite (fuzzingclient, cases 1-7 and 10) against an echo harness on our frame code; exit 1 on
 ## any FAILED case. Not part of `make test`: it needs Python 2.7 (pyenv), which CI does not have.
