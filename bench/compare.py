@@ -35,6 +35,10 @@ Per metric, over the runs of each side:
   25% for p50, 100% for the p99s (two single quick runs of one commit have differed by +87% in p99). Use
   ``run --repeat 5`` (or more) for a verdict worth the name.
 
+Under the table: how much CPU other processes used during each side's runs (the machine's CPU, sampled each
+second, less the server's and the load workers'), and a note when NEW's machine was busier by more than a quarter
+of a core. It changes no verdict.
+
 ``--threshold F`` replaces every floor by F (no widening either); ``--spread-factor`` sets k. Exit codes: 0 no
 regression, 1 a regression, 2 a usage error (a missing, unreadable or invalid file, record kinds or scenarios
 mixed, bad arguments).
@@ -56,6 +60,7 @@ from bench.result import Result, StressRecord
 
 MIN_RUNS = 5  # fewer runs than this on a side: a weak verdict, widened floors
 SPREAD_FACTOR = 2.0
+BUSIER_BY = 25.0  # points of a core more of other work during NEW than during OLD: said under the table
 
 
 class Metric(msgspec.Struct, frozen=True):
@@ -103,6 +108,8 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     new_runs: int
     spread_factor: float
     floor: float | None = None  # --threshold: one floor for every metric instead of FLOORS / WEAK_FLOORS
+    old_other_cpu: float = math.nan  # the median run's CPU used by other processes, % of one core (other_cpu)
+    new_other_cpu: float = math.nan
 
     @property
     def weak(self) -> bool:
@@ -162,9 +169,39 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
                 "",
                 self.table(),
                 "",
+                *self.machine_lines(),
                 self.verdict_line(),
             ]
         )
+
+    def machine_lines(self) -> list[str]:
+        """How busy the machine was with other work during each side's runs, when the results say (a note: it
+        changes no verdict, but a regression measured beside someone else's test suite may be theirs)."""
+        if math.isnan(self.old_other_cpu) and math.isnan(self.new_other_cpu):
+            return []
+        lines = [
+            f"other processes on the machine (median run): {_cpu(self.old_other_cpu)} of a core during OLD,"
+            f" {_cpu(self.new_other_cpu)} during NEW"
+        ]
+        if self.new_other_cpu - self.old_other_cpu > BUSIER_BY:
+            lines.append("note: NEW ran on a busier machine; rerun when it is quiet before believing a regression")
+        return [*lines, ""]
+
+
+def _cpu(value: float) -> str:
+    return "unknown" if math.isnan(value) else f"{value:.0f}%"
+
+
+def other_cpu(result: Result) -> float:
+    """CPU that processes other than the server and the load workers used during a run, % of one core: the
+    machine's mean (each second's sample) less the server's mean less the workers'. NaN for results written
+    before the machine was sampled. Approximate: the workers' figure covers their whole life, not only the load."""
+    samples = [s for s in result.server_resources if "machine_cpu_percent" in s]
+    if not samples:
+        return math.nan
+    machine = statistics.fmean(s["machine_cpu_percent"] for s in samples)
+    server = statistics.fmean(s.get("cpu_percent", 0.0) for s in samples)
+    return max(0.0, machine - server - sum(result.client_cpu_percent))
 
 
 def _runs(n: int) -> str:
@@ -246,7 +283,15 @@ def compare(
                 verdict=verdict,
             )
         )
-    return Comparison(rows=rows, old_runs=len(before), new_runs=len(after), spread_factor=spread_factor, floor=floor)
+    return Comparison(
+        rows=rows,
+        old_runs=len(before),
+        new_runs=len(after),
+        spread_factor=spread_factor,
+        floor=floor,
+        old_other_cpu=center([other_cpu(r) for r in before]),
+        new_other_cpu=center([other_cpu(r) for r in after]),
+    )
 
 
 def _exact_row(metric: Metric, old: list[float], new: list[float]) -> Row:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as cli
-from bench.compare import FLOORS, WEAK_FLOORS, Row, compare, repeats_table, spread
+from bench.compare import FLOORS, WEAK_FLOORS, Row, compare, other_cpu, repeats_table, spread
 from bench.result import Repeats, Result, StressRecord, load_any
 from bench.target import server_environment
 from tests.server_process import ROOT
@@ -341,3 +341,23 @@ def test_stress_records_still_compare_one_a_side(capsys: pytest.CaptureFixture[s
     assert cli.main(["compare", str(COMMITTED_RAMPS), str(COMMITTED_RAMPS)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("verdict: no change")
     assert isinstance(load_any(COMMITTED_RAMPS), StressRecord)
+
+
+def busy(others: float) -> Result:
+    """A run during which other processes used ``others`` % of a core: the server 50%, the load worker 60%."""
+    run = result()
+    run.server_resources = [{"t": t, "cpu_percent": 50.0, "machine_cpu_percent": 110.0 + others} for t in (1, 2)]
+    run.client_cpu_percent = [60.0]
+    return run
+
+
+def test_how_busy_the_machine_was_with_other_work_is_said_not_judged() -> None:
+    assert other_cpu(busy(30.0)) == pytest.approx(30.0)
+    assert other_cpu(result()) != other_cpu(result())  # NaN: a result from before the machine was sampled
+    quiet = compare([busy(5.0)] * 5, [busy(10.0)] * 5)
+    assert (
+        quiet.machine_lines()[0].endswith("5% of a core during OLD, 10% during NEW") and len(quiet.machine_lines()) == 2
+    )
+    noisy = compare([busy(5.0)] * 5, [busy(95.0)] * 5)
+    assert "NEW ran on a busier machine" in noisy.report() and noisy.verdict == "no change"
+    assert compare([result()] * 5, [result()] * 5).machine_lines() == []
