@@ -61,6 +61,7 @@ from bench.result import Result, StressRecord
 MIN_RUNS = 5  # fewer runs than this on a side: a weak verdict, widened floors
 SPREAD_FACTOR = 2.0
 BUSIER_BY = 25.0  # points of a core more of other work during NEW than during OLD: said under the table
+BUSY = 50.0  # % of a core of other work during OLD's median run: said under the table
 
 
 class Metric(msgspec.Struct, frozen=True):
@@ -185,6 +186,8 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
         ]
         if self.new_other_cpu - self.old_other_cpu > BUSIER_BY:
             lines.append("note: NEW ran on a busier machine; rerun when it is quiet before believing a regression")
+        if self.old_other_cpu > BUSY:
+            lines.append("note: OLD ran on a busy machine: its spread widens every threshold; remeasure it when quiet")
         return [*lines, ""]
 
 
@@ -313,11 +316,12 @@ def _exact_row(metric: Metric, old: list[float], new: list[float]) -> Row:
 def repeats_table(runs: Sequence[Result]) -> str:
     """Markdown: each run's metrics, then their median and spread, as ``compare`` will read them."""
     lines = [
-        "| run | " + " | ".join(m.label for m in METRICS) + " |",
-        "|---" * (len(METRICS) + 1) + "|",
+        "| run | " + " | ".join(m.label for m in METRICS) + " | other processes, % of a core |",
+        "|---" * (len(METRICS) + 2) + "|",
     ]
     for i, run in enumerate(runs, 1):
-        lines.append(f"| {i} | " + " | ".join(f"{metric.get(run):,.2f}" for metric in METRICS) + " |")
+        figures = " | ".join(f"{metric.get(run):,.2f}" for metric in METRICS)
+        lines.append(f"| {i} | {figures} | {_cpu(other_cpu(run))} |")
     cells = []
     spreads = []
     for metric in METRICS:
@@ -329,8 +333,8 @@ def repeats_table(runs: Sequence[Result]) -> str:
             cells.append(f"{center(values):,.2f}")
             s = spread(values)
             spreads.append("" if math.isnan(s) else f"{s:.1%}")
-    lines.append("| **median** | " + " | ".join(cells) + " |")
-    lines.append("| **spread** | " + " | ".join(spreads) + " |")
+    lines.append("| **median** | " + " | ".join(cells) + f" | {_cpu(center([other_cpu(r) for r in runs]))} |")
+    lines.append("| **spread** | " + " | ".join(spreads) + " | |")
     return "\n".join(lines)
 
 

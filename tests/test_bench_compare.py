@@ -181,6 +181,7 @@ def test_the_repeats_table_shows_each_run_the_median_and_the_spread() -> None:
     table = repeats_table([result(p99=v) for v in OLD_P99])
     lines = table.splitlines()
     assert lines[0].startswith("| run | acked msgs/s | deliveries/s |") and len(lines) == 2 + 5 + 2
+    assert lines[0].endswith("| other processes, % of a core |") and lines[2].endswith("| unknown |")
     assert "| **median** |" in lines[-2] and "14.00" in lines[-2] and "0 (worst)" in lines[-2]
     assert f"{(15.8 - 12.1) / 14.0:.1%}" in lines[-1]
 
@@ -360,4 +361,5 @@ def test_how_busy_the_machine_was_with_other_work_is_said_not_judged() -> None:
     )
     noisy = compare([busy(5.0)] * 5, [busy(95.0)] * 5)
     assert "NEW ran on a busier machine" in noisy.report() and noisy.verdict == "no change"
+    assert "OLD ran on a busy machine" in compare([busy(60.0)] * 5, [busy(10.0)] * 5).report()
     assert compare([result()] * 5, [result()] * 5).machine_lines() == []
