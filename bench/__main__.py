@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     _slow_flags(run)
     cmp = sub.add_parser(
         "compare",
-        help="compare runs of OLD and NEW; exit 1 if NEW regressed past the noise, 2 on a usage error",
+        help="compare runs of OLD and NEW; exit 1 if NEW regressed past the noise, 3 if inconclusive, 2 on a usage"
+        " error",
         description=compare_mod.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -319,7 +320,7 @@ def _check_slow_flags(parser: argparse.ArgumentParser, args: argparse.Namespace)
 
 
 def run_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Exit 0 (no regression), 1 (a regression); every usage error goes through parser.error: exit 2."""
+    """Exit 0 (no regression), 1 (a regression), 3 (inconclusive); usage errors go through parser.error: exit 2."""
     old = _side(parser, "OLD", args.old, args.old_files)
     new = _side(parser, "NEW", args.new, args.new_files)
     if isinstance(old, StressRecord) and isinstance(new, StressRecord):
@@ -336,7 +337,11 @@ def run_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         print(f"warning: {warning}", file=sys.stderr)
     comparison = compare_mod.compare(old, new, floor=args.threshold, spread_factor=args.spread_factor)
     print(comparison.report())
-    return 1 if comparison.regressed else 0
+    return EXIT_CODES[comparison.verdict]
+
+
+# compare's exit codes; parser.error exits 2 on every usage error.
+EXIT_CODES = {compare_mod.REGRESSED: 1, compare_mod.INCONCLUSIVE: 3, compare_mod.IMPROVED: 0, compare_mod.NO_CHANGE: 0}
 
 
 def _side(

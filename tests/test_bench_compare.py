@@ -363,3 +363,21 @@ def test_how_busy_the_machine_was_with_other_work_is_said_not_judged() -> None:
     assert "NEW ran on a busier machine" in noisy.report() and noisy.verdict == "no change"
     assert "OLD ran on a busy machine" in compare([busy(60.0)] * 5, [busy(10.0)] * 5).report()
     assert compare([result()] * 5, [result()] * 5).machine_lines() == []
+
+
+def test_latency_moved_by_a_busier_machine_is_inconclusive_loss_is_not(tmp_path: Path) -> None:
+    """Contention through all of NEW's runs moves its median with a tight spread: said, exit 3, not a regression."""
+    quiet = [busy(0.0) for _ in range(5)]
+    crowded = [busy(85.0) for _ in range(5)]
+    for run in crowded:
+        run.delivery_latency_ms["p50"] *= 1.36
+    comparison = compare(quiet, crowded)
+    assert comparison.regressed == ["delivery p50 ms"] and comparison.verdict == "inconclusive"
+    assert "85% of a core during NEW against 0% during OLD" in comparison.verdict_line()
+    assert compare(crowded, quiet).verdict == "improved"  # the other way round: busier OLD, nothing to doubt
+    old = save_repeats(tmp_path / "quiet.json", quiet)
+    done = bench("compare", str(old), str(save_repeats(tmp_path / "crowded.json", crowded)))
+    assert done.returncode == 3 and "verdict: inconclusive" in done.stdout, done.stdout + done.stderr
+    crowded[2].counts["lost"] = 1
+    done = bench("compare", str(old), str(save_repeats(tmp_path / "lossy.json", crowded)))
+    assert done.returncode == 1 and "verdict: regressed: delivery p50 ms, lost" in done.stdout
