@@ -157,9 +157,8 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
             widened = (
                 f"the floor is {self.floor:.0%} (--threshold)"
                 if self.floor is not None
-                else "the floors are widened ("
+                else "the floors are widened to "
                 + ", ".join(f"{KIND_NAMES[k]} {f:.0%}" for k, f in WEAK_FLOORS.items())
-                + ")"
             )
             line += (
                 f" (weak: {_runs(self.old_runs)} vs {_runs(self.new_runs)}, fewer than {MIN_RUNS} a side, so"

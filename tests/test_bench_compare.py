@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as cli
-from bench.compare import FLOORS, WEAK_FLOORS, Row, compare, other_cpu, repeats_table, spread
+from bench.compare import FLOORS, MIN_RUNS, WEAK_FLOORS, Row, compare, other_cpu, repeats_table, spread
 from bench.result import Repeats, Result, StressRecord, load_any
 from bench.target import server_environment
 from tests.server_process import ROOT
@@ -332,7 +332,7 @@ def test_repeat_flags_that_cannot_work_are_refused(
 
 def test_the_committed_baseline_is_a_record_of_quick_repeats() -> None:
     baseline = load_any(ROOT / "bench" / "baseline" / "quick.json")
-    assert isinstance(baseline, Repeats) and len(baseline.runs) >= 3
+    assert isinstance(baseline, Repeats) and len(baseline.runs) >= MIN_RUNS
     assert {r.scenario for r in baseline.runs} == {"quick"}
     assert all(r.counts["lost"] == 0 and r.counts["duplicated"] == 0 for r in baseline.runs)
     assert "--repeat" in baseline.command
