@@ -27,13 +27,17 @@ Per metric, over the runs of each side:
   the p99s.
 - **verdict** per metric: ``regressed`` when the median moved the wrong way by more than the threshold,
   ``improved`` when it moved the right way by more, else ``no change``. Overall: ``regressed`` if any metric
-  regressed (exit 1; but see the busier machine below), else ``improved`` if any improved, else ``no change``
-  (exit 0).
-- **a busier machine during NEW**: contention that lasts through all of NEW's runs moves its median and leaves
-  its spread tight (seven check runs beside another job's tests: p50 +36% at a 4% spread), which no spread can
-  tell from a regression. So each second the machine's CPU is sampled besides the server's and the workers';
-  when other processes used more than 25 points of a core more during NEW's median run than during OLD's, rate
-  and latency regressions make the verdict ``inconclusive`` (exit 3): rerun when the machine is quiet.
+  regressed (exit 1; but see runs beside other work below), else ``improved`` if any improved, else
+  ``no change`` (exit 0).
+- **runs beside other work are set aside**: contention that lasts through all of NEW's runs moves its median and
+  leaves its spread tight (seven check runs beside another job's tests: p50 +36% at a 4% spread), which no spread
+  can tell from a regression. So each second the machine's CPU is sampled besides the server's and the workers'
+  (``other_cpu``), and a run during which other processes used more than 25% of a core is set aside, on either
+  side, as long as 3 runs of that side are left; then the side is decided on the rest (and is weak if fewer than
+  5 are left). A side with fewer than 3 such quiet runs keeps them all and is *busy*: when NEW is busy, rate and
+  latency regressions make the verdict ``inconclusive`` (exit 3): rerun when the machine is quiet. Loss and
+  duplication count in every run, set aside or not. (Other processes include a PostgreSQL server's: a run on
+  ``--database postgresql://`` is always "beside other work".)
 - **loss and duplication are exact**: no threshold and no median. The worst run of NEW is compared with the
   worst run of OLD; any increase regresses (a baseline with no loss: any lost message regresses).
 - **fewer than 5 runs on a side**: a *weak* verdict, said so on the verdict line. The spread of a side with runs
@@ -42,7 +46,7 @@ Per metric, over the runs of each side:
   ``run --repeat 5`` (or more) for a verdict worth the name.
 
 Under the table: how much CPU other processes used during each side's runs (the machine's CPU, sampled each
-second, less the server's and the load workers'), and a note when NEW's or OLD's machine was busy.
+second, less the server's and the load workers'), the runs set aside, and a note when a side was busy.
 
 ``--threshold F`` replaces every floor by F (no widening either); ``--spread-factor`` sets k. Exit codes: 0 no
 regression, 1 a regression, 3 inconclusive (see above), 2 a usage error (a missing, unreadable or invalid file,
@@ -65,8 +69,8 @@ from bench.result import Result, StressRecord
 
 MIN_RUNS = 5  # fewer runs than this on a side: a weak verdict, widened floors
 SPREAD_FACTOR = 2.0
-BUSIER_BY = 25.0  # points of a core more of other work during NEW than during OLD: said under the table
-BUSY = 50.0  # % of a core of other work during OLD's median run: said under the table
+DISTURBED = 25.0  # % of one core that other processes used during a run: the run is set aside...
+MIN_KEPT = 3  # ...if at least this many of its side's runs are left; else the side keeps all and is busy
 
 
 class Metric(msgspec.Struct, frozen=True):
@@ -117,6 +121,10 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     floor: float | None = None  # --threshold: one floor for every metric instead of FLOORS / WEAK_FLOORS
     old_other_cpu: float = math.nan  # the median run's CPU used by other processes, % of one core (other_cpu)
     new_other_cpu: float = math.nan
+    old_set_aside: int = 0  # runs beside other work, not decided on (old_runs counts the runs decided on)
+    new_set_aside: int = 0
+    old_busy: bool = False  # fewer than MIN_KEPT runs of the side were quiet: all kept
+    new_busy: bool = False
 
     @property
     def weak(self) -> bool:
@@ -132,26 +140,22 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def verdict(self) -> str:
-        """regressed, inconclusive (only rates or latencies regressed, and NEW's machine was busier), improved or
-        no change. Loss and duplication regress whatever the machine did."""
+        """regressed, inconclusive (only rates or latencies regressed, and NEW was busy), improved or no change.
+        Loss and duplication regress whatever the machine did."""
         if any(r.verdict == REGRESSED and r.kind == "exact" for r in self.rows):
             return REGRESSED
         if self.regressed:
-            return INCONCLUSIVE if self.busier else REGRESSED
+            return INCONCLUSIVE if self.new_busy else REGRESSED
         return IMPROVED if self.improved else NO_CHANGE
-
-    @property
-    def busier(self) -> bool:
-        """Other processes used more than BUSIER_BY points of a core more during NEW's median run than OLD's."""
-        return self.new_other_cpu - self.old_other_cpu > BUSIER_BY  # False when either is unknown (NaN)
 
     def verdict_line(self) -> str:
         named = self.regressed or self.improved
         line = f"verdict: {self.verdict}" + (f": {', '.join(named)}" if named else "")
         if self.verdict == INCONCLUSIVE:
             line += (
-                f" regressed while other processes used {_cpu(self.new_other_cpu)} of a core during NEW against"
-                f" {_cpu(self.old_other_cpu)} during OLD: rerun when the machine is quiet"
+                f" regressed, but fewer than {MIN_KEPT} of NEW's {self.new_runs} runs had the machine to themselves"
+                f" (other processes used {_cpu(self.new_other_cpu)} of a core in the median run): rerun when it is"
+                " quiet"
             )
         if self.weak:
             widened = (
@@ -185,8 +189,9 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
         what = "worst run" if self.old_runs > 1 or self.new_runs > 1 else "the run"
         return "\n".join(
             [
-                f"old: {_runs(self.old_runs)}, new: {_runs(self.new_runs)}; rates and latencies: the median of the"
-                f" runs, spread = interquartile range / median; lost, duplicated: {what}",
+                f"old: {_runs(self.old_runs)}{_aside(self.old_set_aside)}, new: {_runs(self.new_runs)}"
+                f"{_aside(self.new_set_aside)}; rates and latencies: the median of the runs, spread = interquartile"
+                f" range / median; lost, duplicated: {what} (of all)",
                 f"threshold = max(floor, {self.spread_factor:g} x the larger spread); lost, duplicated: any increase",
                 "",
                 self.table(),
@@ -205,11 +210,29 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
             f"other processes on the machine (median run): {_cpu(self.old_other_cpu)} of a core during OLD,"
             f" {_cpu(self.new_other_cpu)} during NEW"
         ]
-        if self.busier:
-            lines.append("note: NEW ran on a busier machine: a slower rate or latency is not called a regression")
-        if self.old_other_cpu > BUSY:
+        if self.old_set_aside or self.new_set_aside:
+            lines.append(
+                f"set aside: runs beside more than {DISTURBED:.0f}% of a core of other work (OLD {self.old_set_aside},"
+                f" NEW {self.new_set_aside})"
+            )
+        if self.new_busy:
+            lines.append("note: NEW ran on a busy machine: a slower rate or latency is not called a regression")
+        if self.old_busy:
             lines.append("note: OLD ran on a busy machine: its spread widens every threshold; remeasure it when quiet")
         return [*lines, ""]
+
+
+def _aside(n: int) -> str:
+    return f" ({n} set aside)" if n else ""
+
+
+def quiet_runs(runs: list[Result]) -> tuple[list[Result], bool]:
+    """The runs during which other processes used at most DISTURBED % of a core (runs that do not say are quiet),
+    if there are MIN_KEPT of them, and False; else all the runs, and True (a busy side)."""
+    quiet = [r for r in runs if not other_cpu(r) > DISTURBED]
+    if len(quiet) >= min(MIN_KEPT, len(runs)):
+        return quiet, False
+    return runs, True
 
 
 def _cpu(value: float) -> str:
@@ -275,15 +298,17 @@ def compare(
     after = [new] if isinstance(new, Result) else list(new)
     if not before or not after:
         raise ValueError("each side needs at least one run")
-    weak = min(len(before), len(after)) < MIN_RUNS
+    old_kept, old_busy = quiet_runs(before)
+    new_kept, new_busy = quiet_runs(after)
+    weak = min(len(old_kept), len(new_kept)) < MIN_RUNS
     floors = WEAK_FLOORS if weak else FLOORS
     rows = []
     for metric in METRICS:
-        a_values = [float(metric.get(r)) for r in before]
-        b_values = [float(metric.get(r)) for r in after]
-        if metric.kind == "exact":
-            rows.append(_exact_row(metric, a_values, b_values))
+        if metric.kind == "exact":  # every run counts, set aside or not
+            rows.append(_exact_row(metric, [metric.get(r) for r in before], [metric.get(r) for r in after]))
             continue
+        a_values = [float(metric.get(r)) for r in old_kept]
+        b_values = [float(metric.get(r)) for r in new_kept]
         a, b = center(a_values), center(b_values)
         a_spread, b_spread = spread(a_values), spread(b_values)
         known = [s for s in (a_spread, b_spread) if not math.isnan(s)]
@@ -309,12 +334,16 @@ def compare(
         )
     return Comparison(
         rows=rows,
-        old_runs=len(before),
-        new_runs=len(after),
+        old_runs=len(old_kept),
+        new_runs=len(new_kept),
         spread_factor=spread_factor,
         floor=floor,
         old_other_cpu=center([other_cpu(r) for r in before]),
         new_other_cpu=center([other_cpu(r) for r in after]),
+        old_set_aside=len(before) - len(old_kept),
+        new_set_aside=len(after) - len(new_kept),
+        old_busy=old_busy,
+        new_busy=new_busy,
     )
 
 
