@@ -15,7 +15,7 @@ from bench import compare as compare_mod
 from bench import report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
-from bench.result import Repeats, Result, StressRecord, git_commit, load_any, machine
+from bench.result import Repeats, Result, StressRecord, git_commit, load_any, machine, reference_ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -218,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.repeat):
         server = _server(args)  # a fresh server (and database) for each repeat: independent samples
         try:
-            runs.append(_measure(args, scenario, server, profile))
+            before = reference_ms()
+            result = _measure(args, scenario, server, profile)
+            result.machine["reference_ms"] = [before, reference_ms()]  # bench/compare.py: a slower machine
+            runs.append(result)
         finally:
             server.stop()
         if args.repeat > 1:

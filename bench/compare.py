@@ -38,6 +38,10 @@ Per metric, over the runs of each side:
   latency regressions make the verdict ``inconclusive`` (exit 3): rerun when the machine is quiet. Loss and
   duplication count in every run, set aside or not. (Other processes include a PostgreSQL server's: a run on
   ``--database postgresql://`` is always "beside other work".)
+- **a slower machine**: the host's other tenants can slow every core without any process here showing it: one
+  same-code check with no other process running took 45% more server CPU for the same messages, p50 +31%. So
+  before and after each run a fixed piece of CPU work (``bench.result.reference_ms``) is timed; when it took more
+  than 10% longer during NEW's median run than OLD's, rate and latency regressions are ``inconclusive`` too.
 - **loss and duplication are exact**: no threshold and no median. The worst run of NEW is compared with the
   worst run of OLD; any increase regresses (a baseline with no loss: any lost message regresses).
 - **fewer than 5 runs on a side**: a *weak* verdict, said so on the verdict line. The spread of a side with runs
@@ -71,6 +75,7 @@ MIN_RUNS = 5  # fewer runs than this on a side: a weak verdict, widened floors
 SPREAD_FACTOR = 2.0
 DISTURBED = 25.0  # % of one core that other processes used during a run: the run is set aside...
 MIN_KEPT = 3  # ...if at least this many of its side's runs are left; else the side keeps all and is busy
+SLOWER_BY = 0.10  # the reference workload took this much longer during NEW: the machine itself was slower
 
 
 class Metric(msgspec.Struct, frozen=True):
@@ -125,6 +130,13 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     new_set_aside: int = 0
     old_busy: bool = False  # fewer than MIN_KEPT runs of the side were quiet: all kept
     new_busy: bool = False
+    old_reference_ms: float = math.nan  # the median run's reference workload (bench.result.reference_ms)
+    new_reference_ms: float = math.nan
+
+    @property
+    def slower(self) -> bool:
+        """The machine ran the reference workload more than SLOWER_BY slower during NEW (False when unknown)."""
+        return self.new_reference_ms > self.old_reference_ms * (1 + SLOWER_BY)
 
     @property
     def weak(self) -> bool:
@@ -145,18 +157,25 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
         if any(r.verdict == REGRESSED and r.kind == "exact" for r in self.rows):
             return REGRESSED
         if self.regressed:
-            return INCONCLUSIVE if self.new_busy else REGRESSED
+            return INCONCLUSIVE if self.new_busy or self.slower else REGRESSED
         return IMPROVED if self.improved else NO_CHANGE
 
     def verdict_line(self) -> str:
         named = self.regressed or self.improved
         line = f"verdict: {self.verdict}" + (f": {', '.join(named)}" if named else "")
         if self.verdict == INCONCLUSIVE:
-            line += (
-                f" regressed, but fewer than {MIN_KEPT} of NEW's {self.new_runs} runs had the machine to themselves"
-                f" (other processes used {_cpu(self.new_other_cpu)} of a core in the median run): rerun when it is"
-                " quiet"
-            )
+            why = []
+            if self.new_busy:
+                why.append(
+                    f"fewer than {MIN_KEPT} of NEW's {self.new_runs} runs had the machine to themselves (other"
+                    f" processes used {_cpu(self.new_other_cpu)} of a core in the median run)"
+                )
+            if self.slower:
+                why.append(
+                    f"the machine itself was slower during NEW (the reference workload took"
+                    f" {relative_change(self.old_reference_ms, self.new_reference_ms):.0%} longer)"
+                )
+            line += f" regressed, but {' and '.join(why)}: rerun when it is quiet"
         if self.weak:
             widened = (
                 f"the floor is {self.floor:.0%} (--threshold)"
@@ -204,12 +223,20 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     def machine_lines(self) -> list[str]:
         """How busy the machine was with other work during each side's runs, when the results say (a note: it
         changes no verdict, but a regression measured beside someone else's test suite may be theirs)."""
-        if math.isnan(self.old_other_cpu) and math.isnan(self.new_other_cpu):
+        lines = []
+        if not (math.isnan(self.old_other_cpu) and math.isnan(self.new_other_cpu)):
+            lines.append(
+                f"other processes on the machine (median run): {_cpu(self.old_other_cpu)} of a core during OLD,"
+                f" {_cpu(self.new_other_cpu)} during NEW"
+            )
+        if not (math.isnan(self.old_reference_ms) and math.isnan(self.new_reference_ms)):
+            change = relative_change(self.old_reference_ms, self.new_reference_ms)
+            lines.append(
+                f"reference workload (fixed CPU work, median run): {self.old_reference_ms:.1f} ms during OLD,"
+                f" {self.new_reference_ms:.1f} ms during NEW" + ("" if math.isnan(change) else f" ({change:+.1%})")
+            )
+        if not lines:
             return []
-        lines = [
-            f"other processes on the machine (median run): {_cpu(self.old_other_cpu)} of a core during OLD,"
-            f" {_cpu(self.new_other_cpu)} during NEW"
-        ]
         if self.old_set_aside or self.new_set_aside:
             lines.append(
                 f"set aside: runs beside more than {DISTURBED:.0f}% of a core of other work (OLD {self.old_set_aside},"
@@ -217,6 +244,8 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.new_busy:
             lines.append("note: NEW ran on a busy machine: a slower rate or latency is not called a regression")
+        if self.slower:
+            lines.append("note: NEW ran on a slower machine: a slower rate or latency is not called a regression")
         if self.old_busy:
             lines.append("note: OLD ran on a busy machine: its spread widens every threshold; remeasure it when quiet")
         return [*lines, ""]
@@ -233,6 +262,12 @@ def quiet_runs(runs: list[Result]) -> tuple[list[Result], bool]:
     if len(quiet) >= min(MIN_KEPT, len(runs)):
         return quiet, False
     return runs, True
+
+
+def reference(result: Result) -> float:
+    """The reference workload's CPU ms around a run (before and after, averaged); NaN for results without it."""
+    values = result.machine.get("reference_ms")
+    return statistics.fmean(values) if isinstance(values, list) and values else math.nan
 
 
 def _cpu(value: float) -> str:
@@ -344,6 +379,8 @@ def compare(
         new_set_aside=len(after) - len(new_kept),
         old_busy=old_busy,
         new_busy=new_busy,
+        old_reference_ms=center([reference(r) for r in before]),
+        new_reference_ms=center([reference(r) for r in after]),
     )
 
 

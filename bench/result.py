@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
+import statistics
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -174,6 +177,24 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def reference_ms(repeats: int = 7) -> float:
+    """CPU milliseconds this process takes for a fixed piece of work (integer arithmetic and SHA-256), the median of
+    ``repeats``: how fast the machine runs instructions right now, whatever our code does. A host whose other
+    tenants slow every core (shared caches, a busy hyperthread sibling, a lower clock) shows here, and in no
+    process's share of the CPU."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        total = 0
+        for i in range(300_000):
+            total += i * i % 7
+        digest = b"x" * 1024
+        for _ in range(3000):
+            digest = hashlib.sha256(digest).digest() * 32
+        times.append((time.process_time() - start) * 1000)
+    return round(statistics.median(times), 2)
 
 
 def machine() -> dict[str, Any]:

@@ -14,7 +14,7 @@ import pytest
 
 from bench import __main__ as cli
 from bench.compare import FLOORS, MIN_RUNS, WEAK_FLOORS, Row, compare, other_cpu, repeats_table, spread
-from bench.result import Repeats, Result, StressRecord, load_any
+from bench.result import Repeats, Result, StressRecord, load_any, reference_ms
 from bench.target import server_environment
 from tests.server_process import ROOT
 
@@ -398,3 +398,28 @@ def test_latency_moved_on_a_busy_machine_is_inconclusive_loss_is_not(tmp_path: P
     crowded[2].counts["lost"] = 1
     done = bench("compare", str(old), str(save_repeats(tmp_path / "lossy.json", crowded)))
     assert done.returncode == 1 and "verdict: regressed: delivery p50 ms, lost" in done.stdout
+
+
+def timed(reference: float, *, p50: float = 8.5) -> Result:
+    """A run around which the reference workload took ``reference`` ms (before and after)."""
+    run = result(p50=p50)
+    run.machine["reference_ms"] = [reference * 0.99, reference * 1.01]
+    return run
+
+
+def test_latency_moved_on_a_slower_machine_is_inconclusive() -> None:
+    """Other tenants of the host slow every core and no process here shows it: the reference workload does."""
+    old = [timed(12.7) for _ in range(5)]
+    assert compare(old, [timed(15.4, p50=8.5 * 1.31) for _ in range(5)]).verdict == "inconclusive"
+    line = compare(old, [timed(15.4, p50=8.5 * 1.31) for _ in range(5)]).verdict_line()
+    assert "the machine itself was slower during NEW (the reference workload took 21% longer)" in line
+    assert compare(old, [timed(13.5, p50=8.5 * 1.31) for _ in range(5)]).verdict == "regressed"  # +6%: same machine
+    report = compare(old, [timed(15.4) for _ in range(5)]).report()
+    assert "reference workload (fixed CPU work, median run): 12.7 ms during OLD, 15.4 ms during NEW (+21.3%)" in report
+    assert "NEW ran on a slower machine" in report
+    assert compare([result()] * 5, [result()] * 5).slower is False  # results without the reference: not slower
+
+
+def test_the_reference_workload_is_timed_in_cpu_milliseconds() -> None:
+    value = reference_ms(repeats=1)
+    assert value > 0 and value == round(value, 2)
