@@ -9,8 +9,12 @@ AB_VENV  ?= .autobahn-venv
 AB_STAMP := $(AB_VENV)/.installed
 # make run-cluster: how many server processes behind HAProxy.
 N ?= 3
+# make bench-check / bench-baseline: the quick preset, 7 runs of 10 s, each on a freshly started server (~1.5 min).
+BENCH_RUN      ?= quick --repeat 7 --duration 10 --no-live
+BENCH_BASELINE ?= bench/baseline/quick.json
+BENCH_ATTEMPTS ?= 2
 
-.PHONY: run run-postgres run-cluster test lint typecheck unit clean autobahn vendor-socketio
+.PHONY: run run-postgres run-cluster test lint typecheck unit clean autobahn vendor-socketio bench-check bench-baseline
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +50,26 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Regression check: the quick preset as BENCH_RUN says, compared with the committed baseline (median of the runs,
+## threshold from their spread: bench/compare.py). Exit 1 on a regression, 0 otherwise. An inconclusive compare
+## (exit 3: only latencies or rates moved, while other work kept the machine busier) is run again, BENCH_ATTEMPTS
+## times at most. README: "Benchmarks".
+bench-check: $(STAMP)
+	@for attempt in $$(seq $(BENCH_ATTEMPTS)); do \
+	  rm -rf bench/results/check; \
+	  $(BIN)/python -m bench run $(BENCH_RUN) --out bench/results/check || exit 2; \
+	  $(BIN)/python -m bench compare $(BENCH_BASELINE) bench/results/check; status=$$?; \
+	  [ $$status -ne 3 ] && exit $$status; \
+	  echo "bench-check: inconclusive, attempt $$attempt of $(BENCH_ATTEMPTS)"; \
+	done; exit 3
+
+## Refresh the baseline with the same command, on a machine as quiet as you can make it; then commit it.
+bench-baseline: $(STAMP)
+	rm -rf bench/results/baseline
+	$(BIN)/python -m bench run $(BENCH_RUN) --out bench/results/baseline
+	mkdir -p $(dir $(BENCH_BASELINE))
+	cp bench/results/baseline/*.json $(BENCH_BASELINE)
 
 ## Autobahn|Testsuite (fuzzingclient, cases 1-7 and 10) against an echo harness on our frame code; exit 1 on
 ## any FAILED case. Not part of `make test`: it needs Python 2.7 (pyenv), which CI does not have.

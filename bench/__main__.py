@@ -9,11 +9,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from bench import compare as compare_mod
 from bench import report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
-from bench.result import Result, StressRecord, git_commit, load_any, machine
+from bench.result import Repeats, Result, StressRecord, git_commit, load_any, machine, reference_ms
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -22,6 +24,20 @@ def _share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text} is not a fraction between 0 and 1")
+    return value
+
+
+def _at_least_zero(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is not a number >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number >= 1")
     return value
 
 
@@ -67,20 +83,39 @@ def _parser() -> argparse.ArgumentParser:
         help="fraction of the members (0-1) that use Engine.IO long-polling instead of websocket (default 0)",
     )
     run.add_argument("--no-live", action="store_true", help="no live table on stderr while running")
+    run.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run the scenario N times, each on a freshly started server, into one record of repeats that"
+        " compare decides on (median and spread); default 1",
+    )
     _slow_flags(run)
     cmp = sub.add_parser(
         "compare",
-        help="compare two results; exit 1 if NEW regressed past the threshold",
+        help="compare runs of OLD and NEW; exit 1 if NEW regressed past the noise, 3 if inconclusive, 2 on a usage"
+        " error",
         description=compare_mod.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cmp.add_argument("old", type=Path)
-    cmp.add_argument("new", type=Path)
+    cmp.add_argument(
+        "old", type=Path, nargs="?", help="a result, a record of repeats (run --repeat N) or a directory of them"
+    )
+    cmp.add_argument("new", type=Path, nargs="?", help="the same for the side under test")
+    cmp.add_argument("--old", dest="old_files", type=Path, nargs="+", metavar="PATH", help="several OLD paths")
+    cmp.add_argument("--new", dest="new_files", type=Path, nargs="+", metavar="PATH", help="several NEW paths")
     cmp.add_argument(
         "--threshold",
-        type=float,
-        default=0.10,
-        help="noise threshold as a fraction (default 0.10: run-to-run variation on this machine)",
+        type=_at_least_zero,
+        help="one floor (a fraction) for every metric instead of the per-metric floors; stress records: the"
+        " threshold (default 0.10)",
+    )
+    cmp.add_argument(
+        "--spread-factor",
+        type=_at_least_zero,
+        default=compare_mod.SPREAD_FACTOR,
+        help=f"k in threshold = max(floor, k x spread) (default {compare_mod.SPREAD_FACTOR:g})",
     )
     run.add_argument("--p99-bound", type=float, default=100.0, help="stress: delivery p99 bound in ms (default 100)")
     run.add_argument(
@@ -176,31 +211,71 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "stress":
         return run_stress(args, command)
     scenario = _by_name(args)
-    server = (
-        target.external(args.url, args.pid, args.also_url)
-        if args.url
-        else target.start_ours(args.mode, database=args.database)
-    )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     stem = f"{stamp}-{scenario.name}-{args.mode if not args.url else 'external'}"
-    try:
-        profile = args.out / f"{stem}-flame.svg" if args.profile else None
-        if args.no_live:
-            result = runner.run(scenario, server, workers=args.workers, profile_to=profile)
-        else:
-            with LiveView(scenario, server.name) as live:
-                result = runner.run(
-                    scenario,
-                    server,
-                    workers=args.workers,
-                    profile_to=profile,
-                    on_tick=live.tick,
-                    on_second=live.server_sample,
-                )
-    finally:
-        server.stop()
-    write(result, args.out, stem, command)
+    profile = args.out / f"{stem}-flame.svg" if args.profile else None
+    runs: list[Result] = []
+    for i in range(args.repeat):
+        server = _server(args)  # a fresh server (and database) for each repeat: independent samples
+        try:
+            before = reference_ms()
+            result = _measure(args, scenario, server, profile)
+            result.machine["reference_ms"] = [before, reference_ms()]  # bench/compare.py: a slower machine
+            runs.append(result)
+        finally:
+            server.stop()
+        if args.repeat > 1:
+            print(f"run {i + 1} of {args.repeat}: {summary(runs[-1])}", flush=True)
+    if args.repeat == 1:
+        write(runs[0], args.out, stem, command)
+    else:
+        write_repeats(runs, args.out, f"{stem}-x{args.repeat}", command)
     return 0
+
+
+def _measure(
+    args: argparse.Namespace, scenario: scenarios.Scenario, server: target.Target, profile: Path | None
+) -> Result:
+    if args.no_live:
+        return runner.run(scenario, server, workers=args.workers, profile_to=profile)
+    with LiveView(scenario, server.name) as live:
+        return runner.run(
+            scenario,
+            server,
+            workers=args.workers,
+            profile_to=profile,
+            on_tick=live.tick,
+            on_second=live.server_sample,
+        )
+
+
+def summary(result: Result) -> str:
+    """One line of what compare decides on."""
+    return (
+        f"acked {result.throughput['acked_msgs_per_s']:,.1f} msg/s, deliveries"
+        f" {result.throughput['deliveries_per_s']:,.1f}/s, delivery p50 {result.delivery_latency_ms['p50']:,.2f} ms"
+        f" p99 {result.delivery_latency_ms['p99']:,.2f} ms, ack p99 {result.ack_latency_ms['p99']:,.2f} ms,"
+        f" lost {result.counts['lost']:,}, duplicated {result.counts['duplicated']:,}"
+    )
+
+
+def write_repeats(runs: list[Result], out: Path, stem: str, command: str) -> Path:
+    """The record of repeats (JSON) and a Markdown page with each run's figures, their median and spread."""
+    record = Repeats(
+        command=command, git_commit=git_commit(), machine=machine(), started_at=runs[0].started_at, runs=runs
+    )
+    path = record.save(out / f"{stem}.json")
+    first = runs[0]
+    md = out / f"{stem}.md"
+    md.write_text(
+        f"# {first.scenario}: {len(runs)} runs\n\n{first.description}; {first.server['name']}, a freshly started"
+        f" server for each run.\n\nCommand: `{command}`  \nCommit: {record.git_commit}\n\n"
+        f"{compare_mod.repeats_table(runs)}\n\n"
+        f"`python -m bench compare` reads this record as {len(runs)} runs of one side (bench/compare.py).\n"
+    )
+    print(md.read_text())
+    print(f"\nresults: {path}, report: {md}")
+    return md
 
 
 def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -215,6 +290,7 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             parser.error("--start-rate is for the stress ramp: add --stress")
     if args.command != "run":
         return
+    _check_repeat(parser, args)
     if args.shape not in scenarios.names()[:-1]:
         parser.error(f"unknown --shape {args.shape!r}; known: {', '.join(scenarios.names()[:-1])}")
     if args.pid is not None and not args.url:
@@ -234,27 +310,121 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--start-rate is for the stress ramp (run stress, peers --stress)")
 
 
+def _check_repeat(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.repeat > 1 and args.scenario == "stress":
+        parser.error("--repeat does not apply to stress (compare two stress records, one a side)")
+    if args.repeat > 1 and args.profile:
+        parser.error("--profile records one run: drop --repeat")
+
+
 def _check_slow_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.command in ("run", "peers") and args.scenario != "slow-readers" and _slow_reading(args) is not None:
         parser.error("--slow-share, --read-fraction and --slow-for are for the slow-readers scenario")
 
 
 def run_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    old, new = load_any(args.old), load_any(args.new)
+    """Exit 0 (no regression), 1 (a regression), 3 (inconclusive); usage errors go through parser.error: exit 2."""
+    old = _side(parser, "OLD", args.old, args.old_files)
+    new = _side(parser, "NEW", args.new, args.new_files)
     if isinstance(old, StressRecord) and isinstance(new, StressRecord):
-        table, regressed = compare_mod.compare_stress(old, new, args.threshold)
-    elif isinstance(old, Result) and isinstance(new, Result):
-        before = (old.scenario, old.parameters.get("offered_msgs_per_s"))
-        if before != (new.scenario, new.parameters.get("offered_msgs_per_s")):
-            print(f"warning: different runs ({old.description!r} vs {new.description!r})", file=sys.stderr)
-        table, regressed = compare_mod.compare(old, new, args.threshold)
-    else:
-        parser.error("compare needs two run results or two stress records, not one of each")
-    print(table)
-    if regressed:
-        print(f"\nregressed past {args.threshold:.0%}: {', '.join(regressed)}")
-        return 1
-    return 0
+        threshold = 0.10 if args.threshold is None else args.threshold
+        table, regressed = compare_mod.compare_stress(old, new, threshold)
+        print(table)
+        if regressed:
+            print(f"\nregressed past {threshold:.0%}: {', '.join(regressed)}")
+        print(f"\nverdict: {'regressed' if regressed else 'no change'}")
+        return 1 if regressed else 0
+    if isinstance(old, StressRecord) or isinstance(new, StressRecord):
+        parser.error("compare needs run results (or repeats) on both sides, or one stress record on each")
+    for warning in _differences(old[0], new[0]):
+        print(f"warning: {warning}", file=sys.stderr)
+    comparison = compare_mod.compare(old, new, floor=args.threshold, spread_factor=args.spread_factor)
+    print(comparison.report())
+    return EXIT_CODES[comparison.verdict]
+
+
+# compare's exit codes; parser.error exits 2 on every usage error.
+EXIT_CODES = {compare_mod.REGRESSED: 1, compare_mod.INCONCLUSIVE: 3, compare_mod.IMPROVED: 0, compare_mod.NO_CHANGE: 0}
+
+
+def _side(
+    parser: argparse.ArgumentParser, name: str, positional: Path | None, paths: list[Path] | None
+) -> list[Result] | StressRecord:
+    """One side's runs (results, repeats, directories of them, flattened), or its one stress record."""
+    if positional is not None and paths:
+        parser.error(f"{name} given twice: as a path and as --{name.lower()}")
+    given = paths or ([positional] if positional is not None else [])
+    if not given:
+        parser.error(f"{name} is missing: compare OLD NEW, or compare --old PATH... --new PATH...")
+    records = _records(parser, name, given)
+    stress = [r for r in records if isinstance(r, StressRecord)]
+    if stress:
+        if len(records) > 1:
+            parser.error(f"{name}: a stress record is compared alone (one a side), not with other records")
+        if why := compare_mod.check_ramps(stress[0]):
+            parser.error(f"{name}: the stress record {why}")
+        return stress[0]
+    runs: list[Result] = []
+    for record in records:
+        if isinstance(record, Repeats):
+            runs += record.runs
+        elif isinstance(record, Result):
+            runs.append(record)
+    if not runs:
+        parser.error(f"{name}: the record of repeats holds no runs")
+    kinds = {_run_kind(r) for r in runs}
+    if len(kinds) > 1:
+        parser.error(f"{name} mixes runs of different scenarios or servers: {sorted(kinds)}")
+    return runs
+
+
+def _records(parser: argparse.ArgumentParser, name: str, paths: list[Path]) -> list[Result | StressRecord | Repeats]:
+    """Every record the paths name: a file, or each .json file of a directory (not its subdirectories)."""
+    records: list[Result | StressRecord | Repeats] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                parser.error(f"{name}: directory {path} holds no .json record")
+            records += [_load(parser, each) for each in found]
+        else:
+            records.append(_load(parser, path))
+    return records
+
+
+def _load(parser: argparse.ArgumentParser, path: Path) -> Result | StressRecord | Repeats:
+    try:
+        return load_any(path)
+    except FileNotFoundError:
+        parser.error(f"{path}: no such file or directory")
+    except OSError as exc:
+        parser.error(f"{path}: cannot read it: {exc.strerror or exc}")
+    except msgspec.ValidationError as exc:  # a DecodeError too: first
+        parser.error(f"{path}: not a bench result, record of repeats or stress record: {exc}")
+    except msgspec.DecodeError as exc:
+        parser.error(f"{path}: not JSON: {exc}")
+
+
+def _run_kind(result: Result) -> str:
+    """What must be equal for runs to be repeats of one another: scenario, offered load, length, server."""
+    rate = result.parameters.get("offered_msgs_per_s")
+    duration = result.parameters.get("duration_s")
+    return f"{result.scenario} at {rate} msg/s for {duration} s on {result.server.get('name')}"
+
+
+def _differences(old: Result, new: Result) -> list[str]:
+    """What makes the two sides other than the same measurement: said on stderr, not refused."""
+    out = []
+    if _run_kind(old) != _run_kind(new):
+        out.append(f"different runs: {_run_kind(old)!r} vs {_run_kind(new)!r}")
+    env_old, env_new = old.server.get("environment", {}), new.server.get("environment", {})
+    if env_old != env_new:
+        out.append(f"the servers' environment differs: {env_old} vs {env_new}")
+    for key in ("cores", "cpu_model"):
+        a, b = old.machine.get(key), new.machine.get(key)
+        if a != b:
+            out.append(f"different machines: {key} {a} vs {b}")
+    return out
 
 
 TARGETS = ("ours-durable", "ours-fast", "python-socketio", "node-socket.io")

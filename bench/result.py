@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
+import statistics
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -100,19 +103,39 @@ class StressRecord(msgspec.Struct, kw_only=True):
         return _write_json(path, self)
 
 
-def _write_json(path: Path, record: Result | StressRecord) -> Path:
+class Repeats(msgspec.Struct, kw_only=True):
+    """``run --repeat N``: the same scenario run N times, each on a freshly started server, in one record.
+
+    ``compare`` reads it as N runs of one side and decides on their medians and spread (bench/compare.py)."""
+
+    schema: int = SCHEMA
+    kind: str = "repeats"
+    command: str = ""
+    git_commit: str = ""
+    machine: dict[str, Any] = {}
+    started_at: str = ""
+    runs: list[Result] = []
+
+    def save(self, path: Path) -> Path:
+        return _write_json(path, self)
+
+
+def _write_json(path: Path, record: Result | StressRecord | Repeats) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(record), indent=2))
     return path
 
 
-def load_any(path: Path) -> Result | StressRecord:
-    """A run's result or a stress record (also the unversioned list of ramps that early runs wrote)."""
+def load_any(path: Path) -> Result | StressRecord | Repeats:
+    """A run's result, a stress record (also the unversioned list of ramps that early runs wrote) or a record of
+    repeats. Raises OSError (unreadable), msgspec.DecodeError (not JSON), msgspec.ValidationError (not a record)."""
     raw = _read_json(path)
     if isinstance(raw, list):
-        return StressRecord(ramps=raw)
+        return msgspec.convert({"ramps": raw}, type=StressRecord)
     if isinstance(raw, dict) and raw.get("kind") == "stress":
         return msgspec.convert(raw, type=StressRecord)
+    if isinstance(raw, dict) and raw.get("kind") == "repeats":
+        return msgspec.convert(raw, type=Repeats)
     return msgspec.convert(raw, type=Result)
 
 
@@ -154,6 +177,24 @@ def git_commit() -> str:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def reference_ms(repeats: int = 7) -> float:
+    """CPU milliseconds this process takes for a fixed piece of work (integer arithmetic and SHA-256), the median of
+    ``repeats``: how fast the machine runs instructions right now, whatever our code does. A host whose other
+    tenants slow every core (shared caches, a busy hyperthread sibling, a lower clock) shows here, and in no
+    process's share of the CPU."""
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        total = 0
+        for i in range(300_000):
+            total += i * i % 7
+        digest = b"x" * 1024
+        for _ in range(3000):
+            digest = hashlib.sha256(digest).digest() * 32
+        times.append((time.process_time() - start) * 1000)
+    return round(statistics.median(times), 2)
 
 
 def machine() -> dict[str, Any]:

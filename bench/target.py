@@ -11,12 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import psutil
 
+from server.config import OPTIONS
 from storage.open import redact, sqlite_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -131,6 +133,7 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str 
         "database": redact(database) if database else "sqlite (temporary file)",
         "pinned_cores": pinned_cores(cores),
         "args": args[3:],
+        "environment": server_environment(args, os.environ),
     }
     return Target(
         f"minitalk-trio ({mode})",
@@ -140,6 +143,19 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str 
         proc=proc,
         workdir=workdir,
     )
+
+
+SECRETS = {"JWT_SECRET", "ADMIN_TOKEN"}
+
+
+def server_environment(args: list[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's settings that come from the environment it inherits (no flag in ``args`` overrides them), so a
+    result says when a run was made with, say, ``BATCH_LINGER=0.05``. Secrets are recorded as set, not shown."""
+    found = {}
+    for opt in OPTIONS:
+        if opt.env is not None and opt.env in environ and opt.flag not in args:
+            found[opt.env] = "***" if opt.env in SECRETS else environ[opt.env]
+    return found
 
 
 def _wait_for_port(log: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
@@ -217,9 +233,9 @@ def histogram_quantile(q: float, before: dict[str, float], after: dict[str, floa
 
 
 class Sampler:
-    """Server CPU % and RSS once a second (psutil) and, when the server has our /metrics, its internals that
-    second: outbox bytes and ingest queue depth (gauges at the scrape), and from the histograms' deltas the mean
-    event-loop lag, batch size and commit time over the second."""
+    """Server CPU % and RSS once a second (psutil), the whole machine's CPU % (100% = one core) and, when the
+    server has our /metrics, its internals that second: outbox bytes and ingest queue depth (gauges at the scrape),
+    and from the histograms' deltas the mean event-loop lag, batch size and commit time over the second."""
 
     # A per-second scrape must not stall the sampling loop when the server is saturated: skip that second.
     SECOND_SCRAPE_TIMEOUT_S = 0.3
@@ -229,6 +245,8 @@ class Sampler:
         self._process = psutil.Process(target.pid) if target.pid else None
         if self._process is not None:
             self._process.cpu_percent(None)
+        psutil.cpu_percent(None)  # the machine's, from here on: what others run beside us shows in compare
+        self._cores = psutil.cpu_count() or 1
         self.samples: list[dict[str, float]] = []
         self.metrics_text = ""
         self._http = httpx.Client(base_url=target.url)
@@ -249,7 +267,8 @@ class Sampler:
                 rss = self._process.memory_info().rss / 2**20
         except psutil.Error:
             return
-        sample = {"t": round(t, 2), "cpu_percent": cpu, "rss_mb": round(rss, 1)}
+        machine = psutil.cpu_percent(None) * self._cores  # every process on every core, 100% = one core
+        sample = {"t": round(t, 2), "cpu_percent": cpu, "rss_mb": round(rss, 1), "machine_cpu_percent": machine}
         if self._has_metrics:
             sample |= self._internals(t)
         self.samples.append(sample)

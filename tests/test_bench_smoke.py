@@ -75,17 +75,16 @@ def test_compare_flags_a_doctored_regression(smoke_result: Path, tmp_path: Path)
     worse.write_text(json.dumps(doctored))
     result = bench("compare", str(smoke_result), str(worse))
     assert result.returncode == 1
-    assert "deliveries/s" in result.stdout and "REGRESSED" in result.stdout
-    _, regressed = compare(load(smoke_result), load(worse))
-    assert set(regressed) == {"deliveries/s", "lost"}
+    assert "verdict: regressed: deliveries/s, lost (weak: 1 run vs 1 run" in result.stdout
+    assert set(compare(load(smoke_result), load(worse)).regressed) == {"deliveries/s", "lost"}
 
 
 def test_compare_tolerates_noise_below_the_threshold(smoke_result: Path) -> None:
     old = load(smoke_result)
     new = load(smoke_result)
-    new.throughput["deliveries_per_s"] *= 0.95  # 5% slower: inside the 10% noise threshold
-    assert compare(old, new)[1] == []
-    assert compare(old, new, threshold=0.01)[1] == ["deliveries/s"]
+    new.throughput["deliveries_per_s"] *= 0.95  # 5% slower: inside the 10% floor of single runs' rates
+    assert compare(old, new).regressed == []
+    assert compare(old, new, floor=0.01).regressed == ["deliveries/s"]
 
 
 def test_quick_preset_offers_what_the_original_really_offers() -> None:
