@@ -26,25 +26,25 @@ ERR_LEAVE_FAILED = "Failed to leave room"
 ERR_CLIENT_MSG_ID = f"clientMsgId must be a non-empty string of at most {MAX_CLIENT_MSG_ID_BYTES} bytes"
 
 
-class SendMessageData(msgspec.Struct, frozen=True):
+class SendMessageData(msgspec.Struct, frozen=True, gc=False):
     roomId: NonEmpty
     content: NonEmpty
     clientMsgId: NonEmpty | None = None
 
 
-class RoomRef(msgspec.Struct, frozen=True):
+class RoomRef(msgspec.Struct, frozen=True, gc=False):
     roomId: NonEmpty
 
 
-class SendMessage(msgspec.Struct, frozen=True, array_like=True, tag="send_message"):
+class SendMessage(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="send_message"):
     data: SendMessageData
 
 
-class JoinRoom(msgspec.Struct, frozen=True, array_like=True, tag="join_room"):
+class JoinRoom(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="join_room"):
     data: RoomRef
 
 
-class LeaveRoom(msgspec.Struct, frozen=True, array_like=True, tag="leave_room"):
+class LeaveRoom(msgspec.Struct, frozen=True, gc=False, array_like=True, tag="leave_room"):
     data: RoomRef
 
 
@@ -118,7 +118,7 @@ def _classify(value: Any) -> Rejected | Ignored:
 
 
 # -- server → client -----------------------------------------------------------------------------------
-class MessageOut(msgspec.Struct, frozen=True):
+class MessageOut(msgspec.Struct, frozen=True, gc=False):
     """The ``message`` broadcast: the original's fields in its order, then ``id`` and ``seq`` (contract §8)."""
 
     type: Literal["message"]
@@ -130,14 +130,14 @@ class MessageOut(msgspec.Struct, frozen=True):
     seq: int
 
 
-class AckOk(msgspec.Struct, frozen=True):
+class AckOk(msgspec.Struct, frozen=True, gc=False):
     id: str
     seq: int
     timestamp: str
     ok: bool = True
 
 
-class AckError(msgspec.Struct, frozen=True):
+class AckError(msgspec.Struct, frozen=True, gc=False):
     error: str
     ok: bool = False
 

@@ -30,7 +30,7 @@ class SioType(IntEnum):
     BINARY_ACK = 6
 
 
-class SioPacket(msgspec.Struct, frozen=True):
+class SioPacket(msgspec.Struct, frozen=True, gc=False):
     type: SioType
     namespace: str = "/"
     ack_id: int | None = None

@@ -25,7 +25,7 @@ _SHUTDOWN_MARGIN_S = 2.0
 
 
 async def serve_until_signalled(config: Config, tracing: Tracing = OFF) -> None:
-    server = MinitalkServer(config, tracing=tracing)
+    server = MinitalkServer(config, tracing=tracing, freeze_gc=True)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

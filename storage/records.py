@@ -28,7 +28,7 @@ class RoomRecord(msgspec.Struct, frozen=True):
     """The highest seq ever committed in this room (survives delete-all)."""
 
 
-class NewMessage(msgspec.Struct, frozen=True):
+class NewMessage(msgspec.Struct, frozen=True, gc=False):
     """A message accepted by the server and not yet stored. ``seq`` is assigned at commit."""
 
     id: str
@@ -45,7 +45,7 @@ class NewMessage(msgspec.Struct, frozen=True):
     before a fast-mode broadcast; storage writes it as given."""
 
 
-class StoredMessage(msgspec.Struct, frozen=True):
+class StoredMessage(msgspec.Struct, frozen=True, gc=False):
     """A committed message. ``seq`` is per room, starts at 1, gap-free in commit order."""
 
     id: str
@@ -61,7 +61,7 @@ class StoredMessage(msgspec.Struct, frozen=True):
     offset names a pk, meaning "everything in my rooms up to here"."""
 
 
-class Appended(msgspec.Struct, frozen=True):
+class Appended(msgspec.Struct, frozen=True, gc=False):
     """Outcome of one message in an append batch.
 
     ``duplicate`` is true when ``(room, sender, client_msg_id)`` was stored before: ``message`` is then the
