@@ -99,6 +99,9 @@ def test_compare_refuses_a_run_result_against_a_stress_record(tmp_path: Path) ->
         (["peers", "stress"], "use --stress"),
         (["run", "stress", "--shape", "nope"], "unknown --shape 'nope'"),
         (["run", "nope"], "unknown scenario 'nope'"),
+        (["run", "quick", "--repeat", "0"], "is not a whole number >= 1"),
+        (["run", "stress", "--repeat", "3"], "--repeat does not apply to stress"),
+        (["run", "quick", "--repeat", "3", "--profile"], "--profile records one run"),
     ],
 )
 def test_flags_that_would_do_something_else_than_asked_are_refused(

@@ -313,23 +313,6 @@ def test_usage_errors_exit_2_with_a_message_not_1_or_a_traceback(sides: dict[str
         assert message in done.stderr, (argv, done.stderr)
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["run", "quick", "--repeat", "0"], "is not a whole number >= 1"),
-        (["run", "stress", "--repeat", "3"], "--repeat does not apply to stress"),
-        (["run", "quick", "--repeat", "3", "--profile"], "--profile records one run"),
-    ],
-)
-def test_repeat_flags_that_cannot_work_are_refused(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
-    assert exited.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 def test_the_committed_baseline_is_a_record_of_quick_repeats() -> None:
     baseline = load_any(ROOT / "bench" / "baseline" / "quick.json")
     assert isinstance(baseline, Repeats) and len(baseline.runs) >= MIN_RUNS
