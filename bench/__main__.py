@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from bench import compare as compare_mod
-from bench import report, runner, scenarios, stress, target
+from bench import recvcost, report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
 from bench.result import Repeats, Result, StressRecord, git_commit, load_any, machine, reference_ms
@@ -150,6 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--out", type=Path, default=RESULTS)
     _slow_flags(peers)
     sub.add_parser("list", help="list the scenarios")
+    cost = sub.add_parser(
+        "receive-cost",
+        help="the load generator's CPU per checked delivery and per send, timed without a server",
+        description=recvcost.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    recvcost.add_arguments(cost)
     return p
 
 
@@ -205,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in scenarios.names():
             print(name)
         return 0
+    if args.command == "receive-cost":
+        return recvcost.run(args)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.command == "peers":
         return run_peers(args, command)
