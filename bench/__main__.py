@@ -488,26 +488,34 @@ def _rate(rate: Any) -> str:
     return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
 
 
-def _print_step(step: dict[str, object]) -> None:
+def _print_step(step: dict[str, Any]) -> None:
     print(
         f"  {_rate(step['rate']):>8} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
-        f" {step['deliveries_per_s']:>11,.0f}/s, p99 {step['p99_ms']:>9,.1f} ms: {step['why']}",
+        f" {step['deliveries_per_s']:>11,.0f}/s, p99 {step['p99_ms']:>9,.1f} ms, CPU server"
+        f" {step['server_cpu_percent']:>3,.0f}% client {step['client_cpu_percent']:>3,.0f}%: {step['why']}",
         flush=True,
     )
 
 
 def stress_table(ramps: list[dict[str, Any]]) -> str:
     lines = [
-        "| target | shape | max sustainable msgs/s | deliveries/s | p99 at max (ms) | next step failed on |",
-        "|---|---|---|---|---|---|",
+        "| target | shape | max sustainable msgs/s | deliveries/s | p99 at max (ms) | server / client CPU % at max"
+        " | whose limit | next step failed on |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
         at_least = "≥ " if stress.lower_bound(r) else ""
         lines.append(
             f"| {r['target']} | {r.get('shape', 'quick')} | {at_least}{r['max_sustainable_msgs_per_s']:,.0f}"
             f" | {at_least}{r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f}"
-            f" | {r['limited_by']} |"
+            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {r['limited_by']} |"
         )
+    lines += [
+        "",
+        "CPU % of one core: the server's busiest second, the load generator's busiest worker over the load."
+        " Whose limit: that of the first step above the maximum that failed (client: the load generator"
+        " saturated its core and the server did not).",
+    ]
     if any(stress.lower_bound(r) for r in ramps):
         lines += [
             "",
@@ -521,15 +529,16 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
     """Every step of every ramp: what was offered, what came back, and the verdict."""
     lines = [
         "| target | offered msgs/s | acked msgs/s | deliveries/s | p50 ms | p99 ms | lost | server CPU % (max)"
-        " | client CPU % (max) | slow consumers cut | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " | client CPU % (max) | slow consumers cut | verdict | whose limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
         for s in r["steps"]:
             lines.append(
                 f"| {r['target']} | {_rate(s['rate'])} | {s['acked_msgs_per_s']:,.0f} | {s['deliveries_per_s']:,.0f}"
                 f" | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,} | {s['server_cpu_percent']:,.0f}"
-                f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']} |"
+                f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']}"
+                f" | {stress.step_limit(s)} |"
             )
     crossed = [(r, s) for r in ramps for s in r["steps"] if "cross_p99_ms" in s]
     if crossed:

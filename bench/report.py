@@ -155,8 +155,11 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         ],
         *[(f"ack {k} ms", _latency("ack_latency_ms", k)) for k in ("p50", "p99")],
         ("server CPU % (mean)", lambda r: _mean(r.server_resources, "cpu_percent")),
+        ("server CPU % (busiest second)", _peak("cpu_percent")),
+        # The load generator's share of its core over the load: next to the server's, so that a reader sees
+        # whose limit a number is (above CLIENT_BOUND_CPU the run is marked client-bound).
+        ("client CPU % (busiest worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
         ("server RSS MB (max)", lambda r: max((s["rss_mb"] for s in r.server_resources), default=float("nan"))),
-        ("client CPU % (max worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
         # Ours only (from /metrics each second); n/a for the peers.
         ("server outbox MB (max)", _peak("outbox_mb")),
         ("server ingest queue (max)", _peak("ingest_queue")),
@@ -165,6 +168,7 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results) + " |")
     for r in results:
+        lines.append(f"\n- **{r.server['name']}** {headroom(r)}")
         drift = endurance_summary(r)
         if drift:
             lines.append(f"\n- **{r.server['name']}** over the run: {drift}")
@@ -195,6 +199,20 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         lines += [f"![{p.stem}]({p.relative_to(relative_to)})" for p in paths]
         lines.append("")
     return "\n".join(lines)
+
+
+def headroom(result: Result) -> str:
+    """Whose limit the run's numbers could be: the server's and the load generator's CPU, side by side."""
+    client = max(result.client_cpu_percent, default=float("nan"))
+    server = _peak("cpu_percent")(result)
+    if math.isnan(client):
+        return f"CPU: server {_fmt(server)}% of a core at most; the load generator's was not measured"
+    verdict = (
+        "client-bound: the load generator's core was the limit, the server may do more"
+        if result.client_bound
+        else f"the load generator had {100 - client:,.0f}% of its core to spare"
+    )
+    return f"CPU: server {_fmt(server)}% of a core at most, load generator {_fmt(client)}% (busiest worker): {verdict}"
 
 
 def _latency(field: str, key: str) -> Callable[[Result], float]:

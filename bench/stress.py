@@ -116,6 +116,7 @@ def ramp(
             "client_cpu_percent": max(result.client_cpu_percent, default=0.0),
             "errors": len(result.errors),
         }
+        step["limit"] = step_limit(step)
         if result.cross_latency_ms:  # a cluster: messages that crossed to another process
             step["cross_p50_ms"] = result.cross_latency_ms["p50"]
             step["cross_p99_ms"] = result.cross_latency_ms["p99"]
@@ -133,7 +134,7 @@ def ramp(
             break
         descending = True  # the first step was already too much: look below it
         rate /= factor
-    return {
+    out = {
         "target": target.name,
         "server": target.description(),
         "factor": factor,
@@ -153,6 +154,49 @@ def ramp(
             else f"stopped after {max_steps} steps"
         ),
     }
+    best_step = at_max(out)
+    out["limit"] = ramp_limit(out)
+    out["server_cpu_at_max"] = best_step["server_cpu_percent"] if best_step else float("nan")
+    out["client_cpu_at_max"] = best_step["client_cpu_percent"] if best_step else float("nan")
+    return out
+
+
+def step_limit(step: dict[str, Any]) -> str:
+    """Whose limit a step reached: "none" (it passed; "none (client saturated)" if the client was at its core
+    anyway), "client" (the verdict client-bound), "server and client" (both saturated) or "server"."""
+    why = str(step.get("why", ""))
+    if step.get("ok"):
+        return "none (client saturated)" if why.endswith("(client-bound)") else "none"
+    if why == CLIENT_BOUND:
+        return "client"
+    if why.endswith("(server and client saturated)"):
+        return "server and client"
+    return "server"
+
+
+def at_max(ramp: dict[str, Any]) -> dict[str, Any] | None:
+    """The step the ramp's maximum comes from: the fastest that passed (None if none did)."""
+    passed = [s for s in ramp.get("steps", []) if s.get("ok")]
+    return max(passed, key=lambda s: float(s["rate"])) if passed else None
+
+
+def ramp_limit(ramp: dict[str, Any]) -> str:
+    """Whose limit ended the ramp: that of the slowest failing step above its maximum (older records too), or
+    "none (out of steps)" when no step above it failed."""
+    best = at_max(ramp)
+    floor = float(best["rate"]) if best else 0.0
+    above = [s for s in ramp.get("steps", []) if not s.get("ok") and float(s["rate"]) > floor]
+    if not above:
+        return "none (out of steps)" if best else "server"
+    return step_limit(min(above, key=lambda s: float(s["rate"])))
+
+
+def cpu_at_max(ramp: dict[str, Any]) -> str:
+    """The server's and the client's CPU % (of one core) at the maximum, "server / client"; n/a without one."""
+    best = at_max(ramp)
+    if best is None:
+        return "n/a"
+    return f"{float(best['server_cpu_percent']):,.0f} / {float(best['client_cpu_percent']):,.0f}"
 
 
 def lower_bound(ramp: dict[str, Any]) -> bool:

@@ -66,6 +66,19 @@ def test_compare_stress_flags_a_lower_maximum_and_a_missing_target() -> None:
     assert compare_stress(old, _record(_ramp("ours", 1500, 9000), _ramp("peer", 450, 2700)))[1] == []
 
 
+def test_compare_stress_says_whose_limit_each_maximum_was() -> None:
+    steps = [
+        {"rate": 1000, "ok": True, "why": "ok", "server_cpu_percent": 40.0, "client_cpu_percent": 60.0},
+        {"rate": 1500, "ok": False, "why": "client-bound", "server_cpu_percent": 55.0, "client_cpu_percent": 99.0},
+    ]
+    old = _record(_ramp("ours", 1000, 6000))
+    new = _record({**_ramp("ours", 1000, 6000, client_bound=True), "steps": steps})
+    table = compare_stress(old, new)[0].splitlines()
+    assert [line.split("  ")[0] for line in table[-2:]] == ["ours", "ours"]
+    assert table[-2].endswith("n/a  ->  40 / 60") and "server / client CPU % at max" in table[-2]
+    assert table[-1].endswith("server  ->  client") and "whose limit" in table[-1]
+
+
 def test_compare_exits_1_on_a_doctored_stress_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["compare", str(COMMITTED_RAMPS), str(COMMITTED_RAMPS)]) == 0
     doctored = json.loads(COMMITTED_RAMPS.read_text())

@@ -7,19 +7,23 @@ import math
 import msgspec
 import pytest
 
-from bench.__main__ import _ratio, stress_table
-from bench.result import Result
+from bench.__main__ import _ratio, steps_table, stress_table
+from bench.result import Result, StressRecord, load_any
 from bench.scenarios import Scenario, by_name
 from bench.stress import (
     MAX_STEPS_DOWN,
     START_DELIVERIES_PER_S,
+    cpu_at_max,
     first_rate,
     lower_bound,
     ramp,
+    ramp_limit,
     scaled,
+    step_limit,
     sustainable,
 )
 from bench.target import Target
+from tests.server_process import ROOT
 
 
 @pytest.mark.parametrize("shape", ["quick", "fanout", "multipub"])
@@ -172,3 +176,32 @@ def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.Mo
     assert _ratio(out, peer, "max_sustainable_msgs_per_s") == "≥ 1.0x"
     assert _ratio(peer, out, "max_sustainable_msgs_per_s") == "≤ 1.0x"
     assert _ratio(peer, peer, "max_sustainable_msgs_per_s") == "1.0x"
+
+
+def test_each_step_and_each_ramp_says_whose_limit_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert step_limit({"ok": True, "why": "ok"}) == "none"
+    assert step_limit({"ok": True, "why": "ok (client-bound)"}) == "none (client saturated)"
+    assert step_limit({"ok": False, "why": "client-bound"}) == "client"
+    assert step_limit({"ok": False, "why": "p99 500 ms > 100 ms (server and client saturated)"}) == "server and client"
+    assert step_limit({"ok": False, "why": "1 lost, 0 duplicated"}) == "server"
+    fake = _FakeServer(limit=2000)
+    monkeypatch.setattr("bench.stress.runner.run", fake.run)
+    out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
+    assert [s["limit"] for s in out["steps"]] == ["none", "none", "server"]
+    assert out["limit"] == "server" and out["server_cpu_at_max"] == 50
+    table = stress_table([out])
+    assert "| server / client CPU % at max | whose limit |" in table and "| 50 / 0 | server |" in table
+    assert steps_table([out]).splitlines()[-1].endswith("| p99 500 ms > 100 ms | server |")
+
+
+def test_records_written_before_the_limit_was_recorded_still_say_whose_it_was() -> None:
+    first = load_any(ROOT / "docs" / "bench" / "20261123T092331-peers-quick-stress.json")
+    second = load_any(ROOT / "docs" / "bench" / "20261123T104248-peers-quick-stress.json")
+    assert isinstance(first, StressRecord) and isinstance(second, StressRecord)
+    node_first, node_second = first.ramps[3], second.ramps[3]
+    assert node_first["target"] == node_second["target"] == "node-socket.io"
+    assert "limit" not in node_first
+    # The first run's older rule called Node's failing step client-bound; the second saw both cores saturated.
+    assert (ramp_limit(node_first), ramp_limit(node_second)) == ("client", "server and client")
+    assert cpu_at_max(node_second) == "66 / 100" and ramp_limit(second.ramps[0]) == "server"
+    assert cpu_at_max({"steps": []}) == "n/a" and ramp_limit({"steps": [{"ok": True, "rate": 1}]}).startswith("none")
