@@ -124,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"stress: first step in msg/s (default: {stress.START_DELIVERIES_PER_S:,.0f} deliveries/s worth)",
     )
     run.add_argument(
+        "--narrow",
+        type=_at_least_zero,
+        default=stress.NARROW_TO,
+        help="stress: after the first failing step, bisect until the fastest passing and the slowest failing rate"
+        f" are within this fraction (default {stress.NARROW_TO:g}; 0: no bisection)",
+    )
+    run.add_argument(
         "--shape",
         default="quick",
         help="stress: the scenario whose rooms and senders the ramp scales (default quick; fanout for delivery)",
@@ -142,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     peers.add_argument("--stress", action="store_true", help="also ramp each target to its max sustainable rate")
     peers.add_argument("--p99-bound", type=float, default=100.0)
     peers.add_argument("--start-rate", type=float, help="stress: first step in msg/s (default as for run)")
+    peers.add_argument(
+        "--narrow",
+        type=_at_least_zero,
+        default=stress.NARROW_TO,
+        help=f"stress: bisect the maximum to within this fraction (default {stress.NARROW_TO:g}; 0: no bisection)",
+    )
     peers.add_argument(
         "--only",
         nargs="*",
@@ -295,8 +308,8 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.command == "peers":
         if args.scenario == "stress":
             parser.error("peers ramps the scenario it runs: use --stress (e.g. peers fanout --stress)")
-        if args.start_rate is not None and not args.stress:
-            parser.error("--start-rate is for the stress ramp: add --stress")
+        for flag in _ramp_flags(args) if not args.stress else []:
+            parser.error(f"{flag} is for the stress ramp: add --stress")
     if args.command != "run":
         return
     _check_repeat(parser, args)
@@ -306,17 +319,29 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--pid is for a running server given with --url (a started server's pid is known)")
     if args.profile and args.url and args.pid is None:
         parser.error("--profile with --url needs the server's --pid to attach py-spy to")
-    if args.scenario == "stress":
-        refused = (
-            ("--profile", args.profile, "profile one step with run --rate instead"),
-            ("--workers", args.workers, "each step uses one worker per client core"),
-            ("--rate", args.rate, "the ramp sets the rates; --start-rate is the first"),
-        )
-        for flag, value, why in refused:
-            if value:
-                parser.error(f"{flag} does not apply to stress ({why})")
-    elif args.start_rate is not None:
-        parser.error("--start-rate is for the stress ramp (run stress, peers --stress)")
+    _check_stress_flags(parser, args)
+
+
+def _check_stress_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``run``: the flags a ramp cannot honour, and the ramp's own flags without a ramp."""
+    if args.scenario != "stress":
+        for flag in _ramp_flags(args):
+            parser.error(f"{flag} is for the stress ramp (run stress, peers --stress)")
+        return
+    refused = (
+        ("--profile", args.profile, "profile one step with run --rate instead"),
+        ("--workers", args.workers, "each step uses one worker per client core"),
+        ("--rate", args.rate, "the ramp sets the rates; --start-rate is the first"),
+    )
+    for flag, value, why in refused:
+        if value:
+            parser.error(f"{flag} does not apply to stress ({why})")
+
+
+def _ramp_flags(args: argparse.Namespace) -> list[str]:
+    """The ramp's own flags given on the command line."""
+    given = {"--start-rate": args.start_rate is not None, "--narrow": args.narrow != stress.NARROW_TO}
+    return [flag for flag, present in given.items() if present]
 
 
 def _check_repeat(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -466,6 +491,7 @@ def run_stress(args: argparse.Namespace, command: str) -> int:
             start=args.start_rate,
             step_s=args.duration or stress.STEP_S,
             p99_bound_ms=args.p99_bound,
+            narrow_to=args.narrow,
             on_step=_print_step,
         )
     finally:
@@ -500,21 +526,23 @@ def _print_step(step: dict[str, Any]) -> None:
 def stress_table(ramps: list[dict[str, Any]]) -> str:
     lines = [
         "| target | shape | max sustainable msgs/s | deliveries/s | p99 at max (ms) | server / client CPU % at max"
-        " | whose limit | next step failed on |",
-        "|---|---|---|---|---|---|---|---|",
+        " | whose limit | between (offered) | next step failed on |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
         at_least = "≥ " if stress.lower_bound(r) else ""
         lines.append(
             f"| {r['target']} | {r.get('shape', 'quick')} | {at_least}{r['max_sustainable_msgs_per_s']:,.0f}"
             f" | {at_least}{r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f}"
-            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {r['limited_by']} |"
+            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {stress.bracket(r)} | {r['limited_by']} |"
         )
     lines += [
         "",
         "CPU % of one core: the server's busiest second, the load generator's busiest worker over the load."
         " Whose limit: that of the first step above the maximum that failed (client: the load generator"
-        " saturated its core and the server did not).",
+        " saturated its core and the server did not). Between: the fastest step that passed and the slowest"
+        " that failed; after the first failing step the ramp bisects until they are within"
+        f" {stress.NARROW_TO:.0%} (at most {stress.MAX_BISECTIONS} steps).",
     ]
     if any(stress.lower_bound(r) for r in ramps):
         lines += [
@@ -579,7 +607,12 @@ def run_peers(args: argparse.Namespace, command: str) -> int:
             if args.stress:
                 ramps.append(
                     stress.ramp(
-                        server, scenario, start=args.start_rate, p99_bound_ms=args.p99_bound, on_step=_print_step
+                        server,
+                        scenario,
+                        start=args.start_rate,
+                        p99_bound_ms=args.p99_bound,
+                        narrow_to=args.narrow,
+                        on_step=_print_step,
                     )
                 )
         except runner.RunError as exc:

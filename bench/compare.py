@@ -72,7 +72,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from bench.result import Result, StressRecord
-from bench.stress import cpu_at_max, ramp_limit
+from bench.stress import bracket, cpu_at_max, ramp_limit
 
 MIN_RUNS = 5  # fewer runs than this on a side: a weak verdict, widened floors
 SPREAD_FACTOR = 2.0
@@ -482,7 +482,8 @@ def compare_stress(old: StressRecord, new: StressRecord, threshold: float = 0.10
             mark = "  REGRESSED" if bad else ""
             lines.append(f"{name:<26}{metric:<34}{a:>14,.0f}{b:>14,.0f}{change:>+10.1%}{mark}")
         # Not decided on: said so that a reader knows whose limit each maximum was.
-        for label, show in (("server / client CPU % at max", cpu_at_max), ("whose limit", ramp_limit)):
+        shown = (("server / client CPU % at max", cpu_at_max), ("whose limit", ramp_limit), ("between", bracket))
+        for label, show in shown:
             lines.append(f"{name:<26}{label:<34}{show(ramp):>14}  ->  {show(after[name])}")
     return "\n".join(lines), regressed
 

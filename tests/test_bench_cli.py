@@ -74,9 +74,10 @@ def test_compare_stress_says_whose_limit_each_maximum_was() -> None:
     old = _record(_ramp("ours", 1000, 6000))
     new = _record({**_ramp("ours", 1000, 6000, client_bound=True), "steps": steps})
     table = compare_stress(old, new)[0].splitlines()
-    assert [line.split("  ")[0] for line in table[-2:]] == ["ours", "ours"]
-    assert table[-2].endswith("n/a  ->  40 / 60") and "server / client CPU % at max" in table[-2]
-    assert table[-1].endswith("server  ->  client") and "whose limit" in table[-1]
+    assert [line.split("  ")[0] for line in table[-3:]] == ["ours", "ours", "ours"]
+    assert table[-3].endswith("n/a  ->  40 / 60") and "server / client CPU % at max" in table[-3]
+    assert table[-2].endswith("server  ->  client") and "whose limit" in table[-2]
+    assert table[-1].endswith("below every step  ->  1,000 to 1,500 msg/s (+50%)") and "between" in table[-1]
 
 
 def test_compare_exits_1_on_a_doctored_stress_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,6 +110,8 @@ def test_compare_refuses_a_run_result_against_a_stress_record(tmp_path: Path) ->
         (["run", "stress", "--rate", "500"], "--rate does not apply to stress"),
         (["run", "quick", "--start-rate", "500"], "--start-rate is for the stress ramp"),
         (["peers", "quick", "--start-rate", "500"], "add --stress"),
+        (["run", "quick", "--narrow", "0.05"], "--narrow is for the stress ramp"),
+        (["peers", "quick", "--narrow", "0"], "add --stress"),
         (["peers", "stress"], "use --stress"),
         (["run", "stress", "--shape", "nope"], "unknown --shape 'nope'"),
         (["run", "nope"], "unknown scenario 'nope'"),
