@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one scenario against our server (started fresh) or --url")
     run.add_argument(
         "scenario",
-        help="tiny, light, quick, medium, strong, extreme, mega, single, multipub,"
+        help="tiny, light, quick, medium, strong, extreme, mega, single, multipub, ingest,"
         " fanout, slow-consumer, slow-readers, mixed, endurance, smoke, stress",
     )
     run.add_argument(

@@ -23,7 +23,7 @@ from bench.accounting import StreamTracker
 from bench.histogram import Histogram
 from bench.polling import PollingStream
 from bench.slowread import MemberWatch
-from bench.wsclient import client_frame, pongs_for
+from bench.wire import client_frame, pongs_for
 
 _encode = msgspec.json.Encoder().encode
 # A message's content header, or an ack (43<id>[...]) with enough of its payload to see "ok".

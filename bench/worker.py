@@ -22,7 +22,7 @@ from bench.client import CONTENT_MARKER, Client, Stats
 from bench.countreader import CountReader
 from bench.scenarios import stream_length
 from bench.slowread import MemberWatch, SlowReadStats
-from bench.wsclient import client_frame
+from bench.wire import client_frame
 
 
 class MemberPlan(msgspec.Struct, frozen=True, array_like=True):

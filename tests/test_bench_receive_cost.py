@@ -13,7 +13,7 @@ from bench.__main__ import main
 from bench.client import Client, Stats, _encode
 from bench.histogram import HIGHEST_US, Histogram
 from bench.recvcost import NOW_NS, reads
-from bench.wsclient import client_frame
+from bench.wire import client_frame
 
 
 def _client(index: int = 0) -> Client:

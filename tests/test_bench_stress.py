@@ -27,7 +27,7 @@ from bench.target import Target
 from tests.server_process import ROOT
 
 
-@pytest.mark.parametrize("shape", ["quick", "fanout", "multipub"])
+@pytest.mark.parametrize("shape", ["quick", "fanout", "multipub", "ingest"])
 def test_scaling_keeps_the_shape_and_sets_the_rate(shape: str) -> None:
     base = by_name(shape, duration=5)
     step = scaled(base, 1234.0, 8)
@@ -239,3 +239,12 @@ def test_records_written_before_the_limit_was_recorded_still_say_whose_it_was() 
     assert (ramp_limit(node_first), ramp_limit(node_second)) == ("client", "server and client")
     assert cpu_at_max(node_second) == "66 / 100" and ramp_limit(second.ramps[0]) == "server"
     assert cpu_at_max({"steps": []}) == "n/a" and ramp_limit({"steps": [{"ok": True, "rate": 1}]}).startswith("none")
+
+
+def test_the_ingest_shape_puts_each_sender_alone_in_its_room() -> None:
+    """What bench.quickload's ingest measured, as a scenario of the one load generator."""
+    shape = by_name("ingest", rate=6400, duration=2)
+    assert shape.rooms == [[u] for u in range(32)] and shape.users == 32
+    assert {(s.user, s.room) for s in shape.sends} == {(u, u) for u in range(32)}
+    assert shape.expected_deliveries_per_s == pytest.approx(6400)  # each message to its sender only
+    assert first_rate(shape) == pytest.approx(START_DELIVERIES_PER_S)
