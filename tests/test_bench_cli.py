@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from bench import __main__ as cli
-from bench import scenarios
+from bench import commands, report, scenarios
 from bench.compare import compare_stress
 from bench.peers import launch
 from bench.result import Result, StressRecord, load_any
@@ -134,7 +134,7 @@ def test_peers_reports_targets_that_cannot_start_and_fails_when_none_ran(
             raise launch.PeerUnavailable("node-socket.io skipped: `node` and `npm` are not on PATH")
         raise TargetError(f"{name} exited before listening:\nTraceback ...")
 
-    monkeypatch.setattr(cli, "start_target", start)
+    monkeypatch.setattr(commands, "start_target", start)
     assert cli.main(["peers", "smoke", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr()
     assert "node-socket.io skipped" in out.out and "python-socketio failed to start" in out.out
@@ -173,11 +173,11 @@ def test_the_ratio_table_divides_ours_by_each_peer() -> None:
         _ramp("python-socketio", 4_000, 20_000),
         _ramp("node-socket.io", 24_000, 100_000, client_bound=True),
     ]
-    lines = cli.ratio_table(results, ramps).splitlines()
+    lines = report.ratio_table(results, ramps).splitlines()
     assert lines[2] == "| minitalk-trio (durable) | python-socketio | 3.0x | 4.0x | 2.5x |"
     assert lines[3] == "| minitalk-trio (durable) | node-socket.io | ≤ 0.5x | ≤ 0.8x | 0.5x |"
     assert len(lines) == 4  # ours against peers only, never peer against peer
-    without_ramps = cli.ratio_table(results, [])
+    without_ramps = report.ratio_table(results, [])
     assert "(run with --stress)" in without_ramps
 
 

@@ -7,7 +7,7 @@ import math
 import msgspec
 import pytest
 
-from bench.__main__ import _ratio, steps_table, stress_table
+from bench.report import _ratio, steps_table, stress_table
 from bench.result import Result, StressRecord, load_any
 from bench.scenarios import Scenario, by_name
 from bench.stress import (
