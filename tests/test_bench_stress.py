@@ -7,7 +7,7 @@ import math
 import msgspec
 import pytest
 
-from bench.report import _ratio, steps_table, stress_table
+from bench.report import _ratio, headroom, steps_table, stress_table
 from bench.result import Result, StressRecord, load_any
 from bench.scenarios import Scenario, by_name
 from bench.stress import (
@@ -248,3 +248,14 @@ def test_the_ingest_shape_puts_each_sender_alone_in_its_room() -> None:
     assert {(s.user, s.room) for s in shape.sends} == {(u, u) for u in range(32)}
     assert shape.expected_deliveries_per_s == pytest.approx(6400)  # each message to its sender only
     assert first_rate(shape) == pytest.approx(START_DELIVERIES_PER_S)
+
+
+def test_a_run_report_says_whose_limit_its_numbers_could_be() -> None:
+    spare = _result(server_cpu=40)
+    spare.client_cpu_percent = [35.0, 62.5]
+    assert headroom(spare).endswith(
+        "load generator 62.50% (busiest worker): the load generator had 38% of its core to spare"
+    )
+    bound = msgspec.structs.replace(spare, client_bound=True, client_cpu_percent=[97.0])
+    assert "client-bound: the load generator's core was the limit" in headroom(bound)
+    assert "was not measured" in headroom(_result())
