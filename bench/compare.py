@@ -72,6 +72,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from bench.result import Result, StressRecord
+from bench.stress import bracket, cpu_at_max, ramp_limit
 
 MIN_RUNS = 5  # fewer runs than this on a side: a weak verdict, widened floors
 SPREAD_FACTOR = 2.0
@@ -134,6 +135,8 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
     new_busy: bool = False
     old_reference_ms: float = math.nan  # the median run's reference workload (bench.result.reference_ms)
     new_reference_ms: float = math.nan
+    old_client_cpu: float = math.nan  # the median run's busiest load worker, % of its core (client_cpu)
+    new_client_cpu: float = math.nan
 
     @property
     def slower(self) -> bool:
@@ -217,10 +220,21 @@ class Comparison(msgspec.Struct, frozen=True, kw_only=True):
                 "",
                 self.table(),
                 "",
+                *self.client_lines(),
                 *self.machine_lines(),
                 self.verdict_line(),
             ]
         )
+
+    def client_lines(self) -> list[str]:
+        """The load generator's CPU on each side: whose limit the figures could be (a note, decides nothing)."""
+        if math.isnan(self.old_client_cpu) and math.isnan(self.new_client_cpu):
+            return []
+        return [
+            f"load generator (median run, busiest worker): {_cpu(self.old_client_cpu)} of its core during OLD,"
+            f" {_cpu(self.new_client_cpu)} during NEW (past 90% a run is client-bound: the limit may be the"
+            " client's)"
+        ]
 
     def machine_lines(self) -> list[str]:
         """How busy the machine was with other work during each side's runs, when the results say (a note: it
@@ -270,6 +284,17 @@ def reference(result: Result) -> float:
     """The reference workload's CPU ms around a run (before and after, averaged); NaN for results without it."""
     values = result.machine.get("reference_ms")
     return statistics.fmean(values) if isinstance(values, list) and values else math.nan
+
+
+def server_cpu(result: Result) -> float:
+    """The server's mean CPU over the run's samples, % of one core; NaN without samples."""
+    values = [s["cpu_percent"] for s in result.server_resources if "cpu_percent" in s]
+    return statistics.fmean(values) if values else math.nan
+
+
+def client_cpu(result: Result) -> float:
+    """The busiest load worker's CPU over the load, % of its core; NaN for results without it."""
+    return max(result.client_cpu_percent, default=math.nan)
 
 
 def _cpu(value: float) -> str:
@@ -383,6 +408,8 @@ def compare(
         new_busy=new_busy,
         old_reference_ms=center([reference(r) for r in before]),
         new_reference_ms=center([reference(r) for r in after]),
+        old_client_cpu=center([client_cpu(r) for r in before]),
+        new_client_cpu=center([client_cpu(r) for r in after]),
     )
 
 
@@ -405,12 +432,16 @@ def _exact_row(metric: Metric, old: list[float], new: list[float]) -> Row:
 def repeats_table(runs: Sequence[Result]) -> str:
     """Markdown: each run's metrics, then their median and spread, as ``compare`` will read them."""
     lines = [
-        "| run | " + " | ".join(m.label for m in METRICS) + " | other processes, % of a core |",
-        "|---" * (len(METRICS) + 2) + "|",
+        "| run | "
+        + " | ".join(m.label for m in METRICS)
+        + " | server CPU % (mean) | client CPU % (busiest worker) | other processes, % of a core |",
+        "|---" * (len(METRICS) + 4) + "|",
     ]
     for i, run in enumerate(runs, 1):
         figures = " | ".join(f"{metric.get(run):,.2f}" for metric in METRICS)
-        lines.append(f"| {i} | {figures} | {_cpu(other_cpu(run))} |")
+        lines.append(
+            f"| {i} | {figures} | {_cpu(server_cpu(run))} | {_cpu(client_cpu(run))} | {_cpu(other_cpu(run))} |"
+        )
     cells = []
     spreads = []
     for metric in METRICS:
@@ -422,8 +453,9 @@ def repeats_table(runs: Sequence[Result]) -> str:
             cells.append(f"{center(values):,.2f}")
             s = spread(values)
             spreads.append("" if math.isnan(s) else f"{s:.1%}")
-    lines.append("| **median** | " + " | ".join(cells) + f" | {_cpu(center([other_cpu(r) for r in runs]))} |")
-    lines.append("| **spread** | " + " | ".join(spreads) + " | |")
+    medians = [center([f(r) for r in runs]) for f in (server_cpu, client_cpu, other_cpu)]
+    lines.append("| **median** | " + " | ".join(cells) + "".join(f" | {_cpu(m)}" for m in medians) + " |")
+    lines.append("| **spread** | " + " | ".join(spreads) + " | | | |")
     return "\n".join(lines)
 
 
@@ -449,6 +481,10 @@ def compare_stress(old: StressRecord, new: StressRecord, threshold: float = 0.10
                 regressed.append(f"{name}: {metric}")
             mark = "  REGRESSED" if bad else ""
             lines.append(f"{name:<26}{metric:<34}{a:>14,.0f}{b:>14,.0f}{change:>+10.1%}{mark}")
+        # Not decided on: said so that a reader knows whose limit each maximum was.
+        shown = (("server / client CPU % at max", cpu_at_max), ("whose limit", ramp_limit), ("between", bracket))
+        for label, show in shown:
+            lines.append(f"{name:<26}{label:<34}{show(ramp):>14}  ->  {show(after[name])}")
     return "\n".join(lines), regressed
 
 

@@ -18,7 +18,7 @@ import select
 import threading
 from collections.abc import Callable
 
-from bench.wsclient import PING_FRAME, PONG, pongs_for
+from bench.wire import PING_FRAME, PONG, pongs_for
 
 _READ = 65536  # under glibc's mmap threshold, as in bench/client.py
 

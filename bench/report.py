@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from bench import slowreport
+from bench import slowreport, stress
 from bench.result import Result
 
 
@@ -155,8 +155,11 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         ],
         *[(f"ack {k} ms", _latency("ack_latency_ms", k)) for k in ("p50", "p99")],
         ("server CPU % (mean)", lambda r: _mean(r.server_resources, "cpu_percent")),
+        ("server CPU % (busiest second)", _peak("cpu_percent")),
+        # The load generator's share of its core over the load: next to the server's, so that a reader sees
+        # whose limit a number is (above CLIENT_BOUND_CPU the run is marked client-bound).
+        ("client CPU % (busiest worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
         ("server RSS MB (max)", lambda r: max((s["rss_mb"] for s in r.server_resources), default=float("nan"))),
-        ("client CPU % (max worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
         # Ours only (from /metrics each second); n/a for the peers.
         ("server outbox MB (max)", _peak("outbox_mb")),
         ("server ingest queue (max)", _peak("ingest_queue")),
@@ -165,6 +168,7 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results) + " |")
     for r in results:
+        lines.append(f"\n- **{r.server['name']}** {headroom(r)}")
         drift = endurance_summary(r)
         if drift:
             lines.append(f"\n- **{r.server['name']}** over the run: {drift}")
@@ -195,6 +199,20 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         lines += [f"![{p.stem}]({p.relative_to(relative_to)})" for p in paths]
         lines.append("")
     return "\n".join(lines)
+
+
+def headroom(result: Result) -> str:
+    """Whose limit the run's numbers could be: the server's and the load generator's CPU, side by side."""
+    client = max(result.client_cpu_percent, default=float("nan"))
+    server = _peak("cpu_percent")(result)
+    if math.isnan(client):
+        return f"CPU: server {_fmt(server)}% of a core at most; the load generator's was not measured"
+    verdict = (
+        "client-bound: the load generator's core was the limit, the server may do more"
+        if result.client_bound
+        else f"the load generator had {100 - client:,.0f}% of its core to spare"
+    )
+    return f"CPU: server {_fmt(server)}% of a core at most, load generator {_fmt(client)}% (busiest worker): {verdict}"
 
 
 def _latency(field: str, key: str) -> Callable[[Result], float]:
@@ -229,3 +247,103 @@ def endurance_summary(result: Result) -> str:
         f"RSS {per_minute:+.2f} MB/min (least squares over {n} samples); per-second p99, median of the first"
         f" fifth {first:.1f} ms, of the last fifth {last:.1f} ms (drift {last - first:+.1f} ms)"
     )
+
+
+def rate_text(rate: Any) -> str:
+    """Whole messages/s, except the sub-10 rates a ramp reaches when it steps down."""
+    return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
+
+
+def stress_table(ramps: list[dict[str, Any]]) -> str:
+    lines = [
+        "| target | shape | max sustainable msgs/s | deliveries/s | p99 at max (ms) | server / client CPU % at max"
+        " | whose limit | between (offered) | next step failed on |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ramps:
+        at_least = "≥ " if stress.lower_bound(r) else ""
+        lines.append(
+            f"| {r['target']} | {r.get('shape', 'quick')} | {at_least}{r['max_sustainable_msgs_per_s']:,.0f}"
+            f" | {at_least}{r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f}"
+            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {stress.bracket(r)} | {r['limited_by']} |"
+        )
+    lines += [
+        "",
+        "CPU % of one core: the server's busiest second, the load generator's busiest worker over the load."
+        " Whose limit: that of the first step above the maximum that failed (client: the load generator"
+        " saturated its core and the server did not). Between: the fastest step that passed and the slowest"
+        " that failed; after the first failing step the ramp bisects until they are within"
+        f" {stress.NARROW_TO:.0%} (at most {stress.MAX_BISECTIONS} steps).",
+    ]
+    if any(stress.lower_bound(r) for r in ramps):
+        lines += [
+            "",
+            "≥: the ramp ended on a client-bound step (the load generator saturated its core) or ran out of"
+            " steps, not on a step the server failed; the server's maximum is at least this.",
+        ]
+    return "\n".join(lines)
+
+
+def steps_table(ramps: list[dict[str, Any]]) -> str:
+    """Every step of every ramp: what was offered, what came back, and the verdict."""
+    lines = [
+        "| target | offered msgs/s | acked msgs/s | deliveries/s | p50 ms | p99 ms | lost | server CPU % (max)"
+        " | client CPU % (max) | slow consumers cut | verdict | whose limit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ramps:
+        for s in r["steps"]:
+            lines.append(
+                f"| {r['target']} | {rate_text(s['rate'])} | {s['acked_msgs_per_s']:,.0f}"
+                f" | {s['deliveries_per_s']:,.0f} | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,}"
+                f" | {s['server_cpu_percent']:,.0f}"
+                f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']}"
+                f" | {stress.step_limit(s)} |"
+            )
+    crossed = [(r, s) for r in ramps for s in r["steps"] if "cross_p99_ms" in s]
+    if crossed:
+        lines += [
+            "",
+            "Deliveries of messages sent through another process of the cluster (the NOTIFY hop and the read):",
+            "",
+        ]
+        lines += ["| target | offered msgs/s | cross-process p50 ms | cross-process p99 ms |", "|---|---|---|---|"]
+        for r, s in crossed:
+            lines.append(
+                f"| {r['target']} | {rate_text(s['rate'])} | {s['cross_p50_ms']:,.1f} | {s['cross_p99_ms']:,.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:
+    ours = [r for r in results if r.server["name"].startswith("minitalk-trio")]
+    peers = [r for r in results if not r.server["name"].startswith("minitalk-trio")]
+    by_name = {str(r["target"]): r for r in ramps}
+    lines = [
+        "| ours | peer | max msgs/s | max deliveries/s | p99 at the scenario's load (peer / ours) |",
+        "|---|---|---|---|---|",
+    ]
+    for o in ours:
+        for p in peers:
+            ro, rp = by_name.get(o.server["name"]), by_name.get(p.server["name"])
+            msgs = _ratio(ro, rp, "max_sustainable_msgs_per_s")
+            dels = _ratio(ro, rp, "max_sustainable_deliveries_per_s")
+            p99 = (
+                p.delivery_latency_ms["p99"] / o.delivery_latency_ms["p99"]
+                if o.delivery_latency_ms["p99"]
+                else float("nan")
+            )
+            lines.append(f"| {o.server['name']} | {p.server['name']} | {msgs} | {dels} | {p99:,.1f}x |")
+    return "\n".join(lines)
+
+
+def _ratio(ours: dict[str, Any] | None, peer: dict[str, Any] | None, key: str) -> str:
+    if not ours or not peer:
+        return "(run with --stress)"
+    a, b = float(ours[key]), float(peer[key])
+    # A lower-bound maximum (client-bound, or out of steps): ours only → the ratio is at least this; the peer's →
+    # at most; both → neither.
+    bound = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "~ "}.get(
+        (stress.lower_bound(ours), stress.lower_bound(peer)), ""
+    )
+    return f"{bound}{a / b:,.1f}x" if b else "∞ (peer sustained none)"

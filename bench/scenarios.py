@@ -149,6 +149,22 @@ def multipub(publishers: int = 50, rate: float = 5000, duration: float = 30) -> 
     )
 
 
+def ingest(senders: int = 32, rate: float = 20000, duration: float = 10) -> Scenario:
+    """Many senders, each alone in its own room: what the server accepts and commits, with one delivery each.
+
+    ``python -m bench run stress --shape ingest`` finds the maximum (the old closed-loop ``bench.quickload
+    ingest`` measured the same shape with a window of unacked sends instead of an open-loop schedule).
+    """
+    return Scenario(
+        "ingest",
+        f"{senders} senders, each alone in its own room, {rate:g} msg/s in all",
+        senders,
+        [[u] for u in range(senders)],
+        [Send(u, u, rate / senders) for u in range(senders)],
+        duration,
+    )
+
+
 def fanout(members: int = 1000, rate: float = 300, duration: float = 30) -> Scenario:
     return Scenario(
         "fanout",
@@ -306,6 +322,7 @@ def mixed(rate: float = 1000, churners: int = 5, duration: float = 30) -> Scenar
 BUILDERS: dict[str, Callable[..., Scenario]] = {
     "single": single,
     "multipub": multipub,
+    "ingest": ingest,
     "fanout": fanout,
     "slow-consumer": slow_consumer,
     "mixed": mixed,

@@ -2,15 +2,19 @@
 
 The ramp keeps a scenario's shape (the quick preset's 10 small rooms stress ingest; the 1000-member fan-out
 stresses delivery) and scales its rate. Each step is a complete run on the same server (fresh users, same
-room layout). The maximum sustainable rate is
-the last step where nothing was lost or duplicated, the server kept up (acked ≥ 97% of offered), and delivery
-p99 stayed within the bound. A client-bound step (the load generator saturated its core) that passes anyway
-counts; one that fails ends the ramp with the verdict "client-bound", and the maximum is then a lower bound
-of the server's, as it is when the ramp runs out of steps.
+room layout). A step is sustainable when nothing was lost or duplicated, the server kept up (acked ≥ 97% of
+offered), and delivery p99 stayed within the bound. The rate climbs x1.5 a step until one fails; then the ramp
+bisects (geometric middle) between the fastest passing and the slowest failing rate until they are within 10%
+(``narrow_to``; 3 steps from a x1.5 bracket, at most ``MAX_BISECTIONS``), and reports that bracket. The maximum
+sustainable rate is the fastest step that passed. A client-bound step (the load generator saturated its core)
+that passes anyway counts; one that fails is the client's limit, and when the slowest failing step above the
+maximum is the client's, the maximum is a lower bound of the server's, as it is when the ramp runs out of steps.
+Each step and the ramp say whose limit it was (``step_limit``, ``ramp_limit``) and the CPU of both sides.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +42,10 @@ CLIENT_BOUND = "client-bound"
 # ... unless the server's core was as busy as the client's (max of its per-second samples, % of one core):
 # then either could have failed the step, and the ramp must not call the maximum a lower bound.
 SERVER_SATURATED_PERCENT = 90.0
+# After the first failing step, bisect between the fastest passing and the slowest failing rate until they are
+# within 10% of each other: from a x1.5 bracket that takes 3 steps (x1.22, x1.11, x1.05). At most this many.
+NARROW_TO = 0.10
+MAX_BISECTIONS = 6
 
 
 def scaled(base: Scenario, rate: float, duration: float) -> Scenario:
@@ -92,14 +100,15 @@ def ramp(
     step_s: float = STEP_S,
     p99_bound_ms: float = 100,
     max_steps: int = MAX_STEPS,
+    narrow_to: float = NARROW_TO,
     on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Climb by ``factor`` until a step fails (or step down from a first one that fails), then bisect between the
+    fastest passing and the slowest failing rate until they are within ``narrow_to`` of each other (0: do not)."""
     steps: list[dict[str, Any]] = []
-    best: Result | None = None
-    failed: dict[str, Any] | None = None  # the lowest failing step above the best one
-    rate = start or first_rate(base)
-    descending = False
-    for _ in range(max_steps):
+    passed: dict[float, Result] = {}  # offered rate → the result of a step that passed
+
+    def step_at(rate: float) -> bool:
         result = runner.run(scaled(base, rate, step_s), target)
         ok, why = sustainable(result, p99_bound_ms)
         step = {
@@ -116,6 +125,7 @@ def ramp(
             "client_cpu_percent": max(result.client_cpu_percent, default=0.0),
             "errors": len(result.errors),
         }
+        step["limit"] = step_limit(step)
         if result.cross_latency_ms:  # a cluster: messages that crossed to another process
             step["cross_p50_ms"] = result.cross_latency_ms["p50"]
             step["cross_p99_ms"] = result.cross_latency_ms["p99"]
@@ -123,17 +133,35 @@ def ramp(
         if on_step:
             on_step(step)
         if ok:
-            best = result
+            passed[rate] = result
+        return ok
+
+    rate = start or first_rate(base)
+    lo = hi = 0.0  # the fastest rate that passed, the slowest that failed above it (0: none yet)
+    descending = False
+    for _ in range(max_steps):
+        if step_at(rate):
+            lo = rate
             if descending:  # the step above failed already
                 break
             rate *= factor
             continue
-        failed = step
-        if best is not None or len(steps) > MAX_STEPS_DOWN:
+        hi = rate
+        if lo or len(steps) > MAX_STEPS_DOWN:
             break
         descending = True  # the first step was already too much: look below it
         rate /= factor
-    return {
+    bisections = 0
+    while narrow_to > 0 and lo and hi and hi / lo > 1 + narrow_to and bisections < MAX_BISECTIONS:
+        mid = math.sqrt(lo * hi)  # the geometric middle: the ramp's steps are ratios
+        bisections += 1
+        if step_at(mid):
+            lo = mid
+        else:
+            hi = mid
+    best = passed.get(lo)
+    failed = next((s for s in reversed(steps) if not s["ok"] and s["rate"] == round(hi, 2)), None) if hi else None
+    out = {
         "target": target.name,
         "server": target.description(),
         "factor": factor,
@@ -152,7 +180,67 @@ def ramp(
             if failed is not None
             else f"stopped after {max_steps} steps"
         ),
+        # Offered msg/s: the fastest step that passed and the slowest that failed above it ([] if either is
+        # missing); the server's maximum lies between them. ``bisections``: the steps spent narrowing it.
+        "bracket": [round(lo, 2), round(hi, 2)] if lo and hi else [],
+        "bisections": bisections,
     }
+    best_step = at_max(out)
+    out["limit"] = ramp_limit(out)
+    out["server_cpu_at_max"] = best_step["server_cpu_percent"] if best_step else float("nan")
+    out["client_cpu_at_max"] = best_step["client_cpu_percent"] if best_step else float("nan")
+    return out
+
+
+def bracket(ramp: dict[str, Any]) -> str:
+    """The offered rates the maximum lies between, "lo to hi msg/s (+x%)", from the steps (older records too)."""
+    best = at_max(ramp)
+    if best is None:
+        return "below every step"
+    lo = float(best["rate"])
+    above = [float(s["rate"]) for s in ramp.get("steps", []) if not s.get("ok") and float(s["rate"]) > lo]
+    if not above:
+        return f"≥ {lo:,.0f} msg/s (no step above failed)"
+    hi = min(above)
+    return f"{lo:,.0f} to {hi:,.0f} msg/s (+{hi / lo - 1:.0%})"
+
+
+def step_limit(step: dict[str, Any]) -> str:
+    """Whose limit a step reached: "none" (it passed; "none (client saturated)" if the client was at its core
+    anyway), "client" (the verdict client-bound), "server and client" (both saturated) or "server"."""
+    why = str(step.get("why", ""))
+    if step.get("ok"):
+        return "none (client saturated)" if why.endswith("(client-bound)") else "none"
+    if why == CLIENT_BOUND:
+        return "client"
+    if why.endswith("(server and client saturated)"):
+        return "server and client"
+    return "server"
+
+
+def at_max(ramp: dict[str, Any]) -> dict[str, Any] | None:
+    """The step the ramp's maximum comes from: the fastest that passed (None if none did)."""
+    passed = [s for s in ramp.get("steps", []) if s.get("ok")]
+    return max(passed, key=lambda s: float(s["rate"])) if passed else None
+
+
+def ramp_limit(ramp: dict[str, Any]) -> str:
+    """Whose limit ended the ramp: that of the slowest failing step above its maximum (older records too), or
+    "none (out of steps)" when no step above it failed."""
+    best = at_max(ramp)
+    floor = float(best["rate"]) if best else 0.0
+    above = [s for s in ramp.get("steps", []) if not s.get("ok") and float(s["rate"]) > floor]
+    if not above:
+        return "none (out of steps)" if best else "server"
+    return step_limit(min(above, key=lambda s: float(s["rate"])))
+
+
+def cpu_at_max(ramp: dict[str, Any]) -> str:
+    """The server's and the client's CPU % (of one core) at the maximum, "server / client"; n/a without one."""
+    best = at_max(ramp)
+    if best is None:
+        return "n/a"
+    return f"{float(best['server_cpu_percent']):,.0f} / {float(best['client_cpu_percent']):,.0f}"
 
 
 def lower_bound(ramp: dict[str, Any]) -> bool:

@@ -22,7 +22,7 @@ from bench.client import CONTENT_MARKER, Client, Stats
 from bench.countreader import CountReader
 from bench.scenarios import stream_length
 from bench.slowread import MemberWatch, SlowReadStats
-from bench.wsclient import client_frame
+from bench.wire import client_frame
 
 
 class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
@@ -266,8 +266,8 @@ async def _ticker(stats: Stats, begin: float, queue: Any, worker: int) -> None:
     second = 1
     while True:
         await trio.sleep_until(_trio_time(begin + second))
-        p99 = stats.second_latency.percentile_ms(99)
         sent, acked, delivered = stats.tick()
+        p99 = stats.last_second.percentile_ms(99)
         queue.put(("tick", (worker, second, sent, acked, delivered, p99)))  # for the live view
         second += 1
 
@@ -316,8 +316,8 @@ def _report(
         accepted,
         seen,
         [(c.index, c.counted) for c in clients if not c.check],
-        stats.delivery_latency.encode(),
-        stats.ack_latency.encode(),
+        stats.delivery_latency().encode(),
+        stats.ack_latency().encode(),
         stats.timeline,
         cpu,
         wall,

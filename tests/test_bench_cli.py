@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from bench import __main__ as cli
-from bench import scenarios
+from bench import commands, report, scenarios
 from bench.compare import compare_stress
 from bench.peers import launch
 from bench.result import Result, StressRecord, load_any
@@ -66,6 +66,20 @@ def test_compare_stress_flags_a_lower_maximum_and_a_missing_target() -> None:
     assert compare_stress(old, _record(_ramp("ours", 1500, 9000), _ramp("peer", 450, 2700)))[1] == []
 
 
+def test_compare_stress_says_whose_limit_each_maximum_was() -> None:
+    steps = [
+        {"rate": 1000, "ok": True, "why": "ok", "server_cpu_percent": 40.0, "client_cpu_percent": 60.0},
+        {"rate": 1500, "ok": False, "why": "client-bound", "server_cpu_percent": 55.0, "client_cpu_percent": 99.0},
+    ]
+    old = _record(_ramp("ours", 1000, 6000))
+    new = _record({**_ramp("ours", 1000, 6000, client_bound=True), "steps": steps})
+    table = compare_stress(old, new)[0].splitlines()
+    assert [line.split("  ")[0] for line in table[-3:]] == ["ours", "ours", "ours"]
+    assert table[-3].endswith("n/a  ->  40 / 60") and "server / client CPU % at max" in table[-3]
+    assert table[-2].endswith("server  ->  client") and "whose limit" in table[-2]
+    assert table[-1].endswith("below every step  ->  1,000 to 1,500 msg/s (+50%)") and "between" in table[-1]
+
+
 def test_compare_exits_1_on_a_doctored_stress_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["compare", str(COMMITTED_RAMPS), str(COMMITTED_RAMPS)]) == 0
     doctored = json.loads(COMMITTED_RAMPS.read_text())
@@ -96,6 +110,8 @@ def test_compare_refuses_a_run_result_against_a_stress_record(tmp_path: Path) ->
         (["run", "stress", "--rate", "500"], "--rate does not apply to stress"),
         (["run", "quick", "--start-rate", "500"], "--start-rate is for the stress ramp"),
         (["peers", "quick", "--start-rate", "500"], "add --stress"),
+        (["run", "quick", "--narrow", "0.05"], "--narrow is for the stress ramp"),
+        (["peers", "quick", "--narrow", "0"], "add --stress"),
         (["peers", "stress"], "use --stress"),
         (["run", "stress", "--shape", "nope"], "unknown --shape 'nope'"),
         (["run", "nope"], "unknown scenario 'nope'"),
@@ -121,7 +137,7 @@ def test_peers_reports_targets_that_cannot_start_and_fails_when_none_ran(
             raise launch.PeerUnavailable("node-socket.io skipped: `node` and `npm` are not on PATH")
         raise TargetError(f"{name} exited before listening:\nTraceback ...")
 
-    monkeypatch.setattr(cli, "start_target", start)
+    monkeypatch.setattr(commands, "start_target", start)
     assert cli.main(["peers", "smoke", "--out", str(tmp_path)]) == 1
     out = capsys.readouterr()
     assert "node-socket.io skipped" in out.out and "python-socketio failed to start" in out.out
@@ -160,11 +176,11 @@ def test_the_ratio_table_divides_ours_by_each_peer() -> None:
         _ramp("python-socketio", 4_000, 20_000),
         _ramp("node-socket.io", 24_000, 100_000, client_bound=True),
     ]
-    lines = cli.ratio_table(results, ramps).splitlines()
+    lines = report.ratio_table(results, ramps).splitlines()
     assert lines[2] == "| minitalk-trio (durable) | python-socketio | 3.0x | 4.0x | 2.5x |"
     assert lines[3] == "| minitalk-trio (durable) | node-socket.io | ≤ 0.5x | ≤ 0.8x | 0.5x |"
     assert len(lines) == 4  # ours against peers only, never peer against peer
-    without_ramps = cli.ratio_table(results, [])
+    without_ramps = report.ratio_table(results, [])
     assert "(run with --stress)" in without_ramps
 
 

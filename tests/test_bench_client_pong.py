@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from bench.client import Client, Stats
-from bench.wsclient import PING_FRAME, PONG, pongs_for, ws_pongs
+from bench.wire import PING_FRAME, PONG, pongs_for, ws_pongs
 
 
 async def test_a_ping_during_a_send_is_answered_right_after_it() -> None:

@@ -406,3 +406,18 @@ def test_latency_moved_on_a_slower_machine_is_inconclusive() -> None:
 def test_the_reference_workload_is_timed_in_cpu_milliseconds() -> None:
     value = reference_ms(repeats=1)
     assert value > 0 and value == round(value, 2)
+
+
+def test_the_load_generator_cpu_is_said_beside_the_server_cpu() -> None:
+    def busy(client: float) -> Result:
+        run = result()
+        run.client_cpu_percent = [client / 2, client]
+        run.server_resources = [{"t": 1.0, "cpu_percent": 40.0}, {"t": 2.0, "cpu_percent": 60.0}]
+        return run
+
+    table = repeats_table([busy(30), busy(50), busy(70)]).splitlines()
+    assert "| server CPU % (mean) | client CPU % (busiest worker) | other processes, % of a core |" in table[0]
+    assert table[2].endswith("| 50% | 30% | unknown |") and table[-2].endswith("| 50% | 50% | unknown |")
+    report = compare([busy(20)] * 3, [busy(95)] * 3).report()
+    assert "load generator (median run, busiest worker): 20% of its core during OLD, 95% during NEW" in report
+    assert "load generator" not in compare([result()], [result()]).report()  # results without it: nothing said

@@ -8,7 +8,7 @@ import time
 
 from bench.client import CONTENT_MARKER
 from bench.countreader import CountReader
-from bench.wsclient import PING_FRAME, PONG
+from bench.wire import PING_FRAME, PONG
 
 
 def _wait(condition: object, timeout: float = 10.0) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from bench.polling import frame_payloads
 from bench.scenarios import by_name
-from bench.wsclient import client_frame
+from bench.wire import client_frame
 
 
 @pytest.mark.parametrize("sizes", [[1], [125, 126, 127], [65535, 65536, 3], [0, 70000, 10]])

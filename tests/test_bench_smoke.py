@@ -54,6 +54,15 @@ def test_smoke_run_writes_a_report_with_plots(smoke_result: Path) -> None:
     report = smoke_result.with_suffix(".md").read_text()
     assert "| lost | 0 |" in report and "| delivered | 480 |" in report
     assert "| event-loop lag ms (worst second) |" in report
+    # The load generator's CPU right below the server's, and whose limit the numbers could be.
+    rows = [line.split(" | ")[0] for line in report.splitlines() if line.startswith("| ")]
+    at = rows.index("| server CPU % (busiest second)")
+    assert rows[at - 1 : at + 2] == [
+        "| server CPU % (mean)",
+        "| server CPU % (busiest second)",
+        "| client CPU % (busiest worker)",
+    ]
+    assert "CPU: server " in report and "% of its core to spare" in report
     images = list((smoke_result.parent / "img").glob("*.png"))
     assert {p.stem.rsplit("-", 1)[1] for p in images} == {
         "throughput",
