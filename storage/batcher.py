@@ -11,7 +11,9 @@ the seqs it can leave unused (see ``server/hub.py``).
 One task drains the queue into batches and commits each batch in one transaction (one fsync for many
 messages). A batch is cut when it is full (``max_batch``) or when ``linger`` seconds have passed since its
 first message, whichever comes first; while a commit runs, the next batch accumulates, so under load
-batches grow by themselves and at low load latency stays low.
+batches grow by themselves and at low load latency stays low. Under load the next batch is handed to storage as
+soon as the last one is stored, and the last one is settled (broadcast, acks) while the next one commits: the
+event loop's work and storage's overlap instead of taking turns (``_pipeline``).
 
 After each commit the listener's ``committed`` runs (broadcast and acks), in commit order. A commit that
 fails is retried with backoff: while the database refuses for now (``StorageUnavailableError``: a restart,
@@ -31,8 +33,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 import trio
 
@@ -61,6 +63,14 @@ class StorageHealth(Protocol):
     def storage_failed(self, reason: str) -> None: ...
 
     def storage_recovered(self) -> None: ...
+
+
+class _Outcome(NamedTuple):
+    """How storing one batch ended: its results, or the error it failed with after the retries."""
+
+    results: list[Appended] | None
+    error: Exception | None
+    commit_ns: tuple[int, int]  # when the successful attempt started and ended (wall clock, ns)
 
 
 class WriteBehindBatcher(Generic[T]):
@@ -140,7 +150,11 @@ class WriteBehindBatcher(Generic[T]):
         task_status.started()
         try:
             while True:
-                await self._commit(await self._next_batch())
+                batch = await self._next_batch()
+                # Shielded from here on: once a batch is handed to storage, its outcome must reach the listener
+                # even when we are being cancelled, or a committed message would never be broadcast or acked.
+                with trio.CancelScope(shield=True):
+                    await self._pipeline(batch, await self._store(batch))
         finally:
             with trio.CancelScope(shield=True):
                 await self._drain()
@@ -176,30 +190,72 @@ class WriteBehindBatcher(Generic[T]):
             await self._commit(pending[start : start + self._max_batch])
 
     async def _commit(self, batch: list[tuple[NewMessage, T]]) -> None:
-        # Shielded: once a batch is handed to storage, its outcome must reach the listener even when we are
-        # being cancelled, or a committed message would never be broadcast or acked.
+        """Store one batch (with retries) and settle it: the drain at shutdown, one batch after another."""
         with trio.CancelScope(shield=True):
-            messages = [message for message, _ in batch]
-            attempt = 0
-            first_failure = math.inf
-            while True:
-                started = trio.current_time()
-                started_ns = time.time_ns()
-                try:
-                    results = await self._engine.append_messages(messages)
-                except Exception as exc:
-                    first_failure = min(first_failure, started)
-                    if not self._retry(attempt, len(batch), exc, trio.current_time() - first_failure):
-                        self._settle(batch, None, exc)
-                        return
-                    await trio.sleep(self._retry_delays[min(attempt, len(self._retry_delays) - 1)])
-                    attempt += 1
-                    continue
-                if self._observer is not None:
-                    self._observer.observe_batch(len(batch), trio.current_time() - started)
-                self.last_commit_ns = (started_ns, time.time_ns())
-                self._settle(batch, results, None)
+            self._settle(batch, await self._store(batch))
+
+    async def _pipeline(self, batch: list[tuple[NewMessage, T]], outcome: _Outcome) -> None:
+        """Settle ``batch`` while the next one is being stored, for as long as messages keep coming.
+
+        Settling (the listener's broadcasts and acks) runs on the event loop; storing runs in the engine's
+        thread or connection. Handing the next batch over before settling this one lets the two overlap instead
+        of taking turns. Order is kept: a batch is handed over only after the one before it was stored (a
+        failed batch is settled first, so a later batch can never be stored ahead of it), and batches are
+        settled in the order they were stored. Called shielded.
+        """
+        while True:
+            waiting = self._take_waiting() if outcome.results is not None else []
+            if not waiting:
+                self._settle(batch, outcome)
                 return
+            result: list[_Outcome] = []
+            async with trio.open_nursery() as nursery:
+                # Returns once the batch is in storage's queue (engines queue a call before their first await).
+                await nursery.start(self._store_into, waiting, result)
+                self._settle(batch, outcome)
+            batch, outcome = waiting, result[0]
+
+    def _take_waiting(self) -> list[tuple[NewMessage, T]]:
+        """What is queued right now (up to a batch), without waiting: the next batch of a busy pipeline."""
+        batch: list[tuple[NewMessage, T]] = []
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return batch
+
+    async def _store_into(
+        self, batch: list[tuple[NewMessage, T]], out: list[_Outcome], *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        out.append(await self._store(batch, handed=task_status.started))
+
+    async def _store(self, batch: list[tuple[NewMessage, T]], *, handed: Callable[[], None] | None = None) -> _Outcome:
+        """Append a batch, retrying as ``_retry`` allows: its results, or the error it finally failed with.
+
+        ``handed`` is called once, just before the first attempt, whose call queues the batch in storage.
+        """
+        messages = [message for message, _ in batch]
+        attempt = 0
+        first_failure = math.inf
+        while True:
+            started = trio.current_time()
+            started_ns = time.time_ns()
+            if handed is not None:
+                handed()
+                handed = None
+            try:
+                results = await self._engine.append_messages(messages)
+            except Exception as exc:
+                first_failure = min(first_failure, started)
+                if not self._retry(attempt, len(batch), exc, trio.current_time() - first_failure):
+                    return _Outcome(None, exc, (0, 0))
+                await trio.sleep(self._retry_delays[min(attempt, len(self._retry_delays) - 1)])
+                attempt += 1
+                continue
+            if self._observer is not None:
+                self._observer.observe_batch(len(batch), trio.current_time() - started)
+            return _Outcome(results, None, (started_ns, time.time_ns()))
 
     def _retry(self, attempt: int, size: int, error: Exception, failing_for: float) -> bool:
         """Whether to try a failed commit again; tells ``health`` that storage is failing."""
@@ -224,12 +280,12 @@ class WriteBehindBatcher(Generic[T]):
             return True
         return False
 
-    def _settle(
-        self, batch: list[tuple[NewMessage, T]], results: list[Appended] | None, error: Exception | None
-    ) -> None:
+    def _settle(self, batch: list[tuple[NewMessage, T]], outcome: _Outcome) -> None:
         """Hand the outcome to the listener, then free the batch's slots."""
+        results, error = outcome.results, outcome.error
         try:
             if results is not None:
+                self.last_commit_ns = outcome.commit_ns
                 if self._failing:
                     self._failing = False
                     log.info("commits work again")

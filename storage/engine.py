@@ -9,7 +9,9 @@ The contract every engine keeps (the rest of the server relies on each line):
 - **Order.** Writes are applied in the order their calls were made on the event loop, even when calls come
   from many tasks: the room registry changes memory and submits the write with no await in between, so the
   database sees mutations in memory's order. (SQLite: one writer thread fed by a FIFO; PostgreSQL: one writer
-  connection fed by a FIFO, reads on a pool beside it. A pool for writes would break this order.)
+  connection fed by a FIFO, reads on a pool beside it. A pool for writes would break this order.) A write
+  is queued before its call's first await: the batcher hands batch N+1 over and then settles batch N, relying
+  on N+1 being queued by then (storage/batcher.py, ``_pipeline``).
 - **Reads beside writes.** ``history``, ``cursors_at`` and the other reads may run beside a commit and never
   wait for its fsync; each read sees every commit that finished before it started.
 - **Seq.** ``append_messages`` gives each room's messages ``seq`` = the room's last + 1 in batch order, inside
