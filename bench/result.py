@@ -87,40 +87,37 @@ class Result(msgspec.Struct, kw_only=True):
         return _write_json(directory / f"{stem}.json", self)
 
 
-class StressRecord(msgspec.Struct, kw_only=True):
-    """The versioned result of stress ramps (``run stress``, ``peers --stress``): one ramp per target."""
+class _Record(msgspec.Struct, kw_only=True):
+    """What every record of several runs says about itself: its schema, the command, the code and the machine."""
 
     schema: int = SCHEMA
-    kind: str = "stress"
     command: str = ""
     git_commit: str = ""
     machine: dict[str, Any] = {}
     started_at: str = ""
-    # Each: target, server (its settings), shape, p99_bound_ms, steps, max_sustainable_*, limited_by, ...
-    ramps: list[dict[str, Any]] = []
 
     def save(self, path: Path) -> Path:
         return _write_json(path, self)
 
 
-class Repeats(msgspec.Struct, kw_only=True):
+class StressRecord(_Record, kw_only=True):
+    """The versioned result of stress ramps (``run stress``, ``peers --stress``): one ramp per target."""
+
+    kind: str = "stress"
+    # Each: target, server (its settings), shape, p99_bound_ms, steps, max_sustainable_*, limited_by, ...
+    ramps: list[dict[str, Any]] = []
+
+
+class Repeats(_Record, kw_only=True):
     """``run --repeat N``: the same scenario run N times, each on a freshly started server, in one record.
 
     ``compare`` reads it as N runs of one side and decides on their medians and spread (bench/compare.py)."""
 
-    schema: int = SCHEMA
     kind: str = "repeats"
-    command: str = ""
-    git_commit: str = ""
-    machine: dict[str, Any] = {}
-    started_at: str = ""
     runs: list[Result] = []
 
-    def save(self, path: Path) -> Path:
-        return _write_json(path, self)
 
-
-def _write_json(path: Path, record: Result | StressRecord | Repeats) -> Path:
+def _write_json(path: Path, record: msgspec.Struct) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(record), indent=2))
     return path
