@@ -37,7 +37,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO
 
-from tools.debian import apt_install, can_install
+from tools.debian import find_or_install
 from tools.pg_cluster import (
     MAX_SOCKET_PATH,
     PgCluster,
@@ -83,14 +83,8 @@ def find_haproxy() -> Path:
 
 def ensure_haproxy() -> Path:
     """``find_haproxy()``, installing Debian's ``haproxy`` package first when it is absent and we are root."""
-    try:
-        return find_haproxy()
-    except HaproxyUnavailable:
-        if not can_install():
-            raise
     # The package does not start its service in a container (no init), and we never use it: we run our own.
-    apt_install("haproxy")
-    return find_haproxy()
+    return find_or_install(find_haproxy, HaproxyUnavailable, "haproxy")
 
 
 def server_name(index: int) -> str:

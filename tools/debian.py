@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 APT_TIMEOUT = 900.0  # seconds: a slow mirror, not a hang
 
@@ -23,3 +27,24 @@ def apt_install(package: str, *, recommends: bool = True) -> None:
     if subprocess.run(install, env=env, check=False, timeout=APT_TIMEOUT).returncode != 0:
         subprocess.run(["apt-get", "update"], env=env, check=False, timeout=APT_TIMEOUT)
         subprocess.run(install, env=env, check=False, timeout=APT_TIMEOUT)
+
+
+def find_or_install(
+    find: Callable[[], T],
+    unavailable: type[Exception],
+    package: str,
+    *,
+    recommends: bool = True,
+    after_install: Callable[[], None] | None = None,
+) -> T:
+    """``find()``; when it raises ``unavailable`` and we may install, ``apt_install(package)``, then ``find()`` again
+    (its error stands if the install did not help). ``after_install`` runs once the package is in."""
+    try:
+        return find()
+    except unavailable:
+        if not can_install():
+            raise
+    apt_install(package, recommends=recommends)
+    if after_install is not None:
+        after_install()
+    return find()

@@ -30,7 +30,7 @@ from types import FrameType, TracebackType
 from typing import Literal
 from urllib.parse import quote
 
-from tools.debian import apt_install, can_install
+from tools.debian import find_or_install
 
 SUPERUSER = "minitalk"
 OS_USER = "postgres"  # who runs the server when we are root: Debian's package creates this user
@@ -78,13 +78,7 @@ def find_bin_dir() -> Path:
 
 def ensure_installed() -> Path:
     """``find_bin_dir()``, installing Debian's ``postgresql`` package first when it is absent and we are root."""
-    try:
-        return find_bin_dir()
-    except PostgresUnavailable:
-        if not can_install():
-            raise
-    apt_install("postgresql")
-    return find_bin_dir()
+    return find_or_install(find_bin_dir, PostgresUnavailable, "postgresql")
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tools.debian import APT_TIMEOUT, apt_install, can_install
+from tools.debian import APT_TIMEOUT, find_or_install
 
 PACKAGE = "prometheus"
 
@@ -35,14 +35,9 @@ def find_prometheus() -> tuple[Path, Path]:
 
 def ensure_prometheus() -> tuple[Path, Path]:
     """``find_prometheus()``, installing Debian's package first when it is absent and we are root."""
-    try:
-        return find_prometheus()
-    except PrometheusUnavailable:
-        if not can_install():
-            raise
-    apt_install(PACKAGE, recommends=False)
-    _stop_packaged_service()
-    return find_prometheus()
+    return find_or_install(
+        find_prometheus, PrometheusUnavailable, PACKAGE, recommends=False, after_install=_stop_packaged_service
+    )
 
 
 def _stop_packaged_service() -> None:
