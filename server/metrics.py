@@ -21,7 +21,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # the *_created series double the output and nobody graphs them
@@ -103,9 +103,6 @@ class Metrics:
         GCCollector(registry=r)
         PlatformCollector(registry=r)
         Info("minitalk_build", "the running server: version and commit", registry=r).info(build_info())
-        self.connections = Gauge(
-            "minitalk_connections", "Open Engine.IO sessions by transport", ["transport"], registry=r
-        )
         self.messages_accepted = Counter("minitalk_messages_accepted", "send_message events accepted", registry=r)
         self.messages_rejected = Counter(
             "minitalk_messages_rejected", "send_message events refused with an error", registry=r
@@ -132,9 +129,6 @@ class Metrics:
             "REST requests answered, by method, route template and status",
             ["method", "route", "status"],
             registry=r,
-        )
-        self.largest_outbox = Gauge(
-            "minitalk_largest_outbox_bytes", "the longest queue of one client, in bytes (read at scrape)", registry=r
         )
         self.slow_consumer_disconnects = Counter(
             "minitalk_slow_consumer_disconnects", "members cut off for falling behind", registry=r
@@ -170,15 +164,6 @@ class Metrics:
         self.connection_errors = Counter(
             "minitalk_connection_errors",
             "connections closed because handling them raised an unexpected exception (each one logged)",
-            registry=r,
-        )
-        self.lagging_members = Gauge(
-            "minitalk_lagging_members", "members catching up from the log instead of live pushes", registry=r
-        )
-        self.outbox_bytes = Gauge("minitalk_outbox_bytes", "bytes waiting in websocket outboxes", registry=r)
-        self.catchup_backlog = Gauge(
-            "minitalk_catchup_backlog_messages",
-            "messages the members catching up from the log have still to read (read at scrape)",
             registry=r,
         )
         self.ingest_queue = Gauge(
@@ -231,17 +216,11 @@ class Metrics:
         queue_capacity: int,
         ready: Callable[[], bool],
     ) -> None:
-        """Gauges read at scrape time, so the hot path never updates them."""
+        """Figures read at scrape time, so the hot path never updates them."""
         self.ingest_queue_capacity.set(queue_capacity)
         self.ready.set_function(lambda: 1.0 if ready() else 0.0)
-        self.catchup_backlog.set_function(lambda: hub_stats()["catchup_backlog"])
-        self.connections.labels("websocket").set_function(lambda: hub_stats()["websocket"])
-        self.connections.labels("polling").set_function(lambda: hub_stats()["polling"])
-        self.outbox_bytes.set_function(lambda: hub_stats()["outbox_bytes"])
-        self.lagging_members.set_function(lambda: hub_stats()["lagging"])
         self.ingest_queue.set_function(queue_depth)
-        self.largest_outbox.set_function(lambda: hub_stats().get("largest_outbox_bytes", 0))
-        self.registry.register(_HubCounters(hub_stats))
+        self.registry.register(_HubFigures(hub_stats))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -255,9 +234,20 @@ class Metrics:
             self.loop_lag_hist.observe(lag)
 
 
-class _HubCounters(Collector):
-    """Counters the hub keeps as plain integers on the hot path (a prometheus Counter takes a lock per inc)."""
+class _HubFigures(Collector):
+    """The hub's figures, from one ``hub_stats()`` per scrape (it walks every session): its counters, kept as
+    plain integers on the hot path (a prometheus Counter takes a lock per inc), and its gauges."""
 
+    _GAUGES = (  # (name, help, key in hub_stats)
+        ("minitalk_outbox_bytes", "bytes waiting in websocket outboxes", "outbox_bytes"),
+        ("minitalk_largest_outbox_bytes", "the longest queue of one client, in bytes", "largest_outbox_bytes"),
+        ("minitalk_lagging_members", "members catching up from the log instead of live pushes", "lagging"),
+        (
+            "minitalk_catchup_backlog_messages",
+            "messages the members catching up from the log have still to read",
+            "catchup_backlog",
+        ),
+    )
     _HELP = {
         "messages_broadcast": "messages broadcast to a room",
         "deliveries": "message packets queued to members (live pushes and catch-up from the log)",
@@ -268,7 +258,15 @@ class _HubCounters(Collector):
     def __init__(self, hub_stats: Callable[[], dict[str, int]]) -> None:
         self._hub_stats = hub_stats
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         stats = self._hub_stats()
+        connections = GaugeMetricFamily(
+            "minitalk_connections", "Open Engine.IO sessions by transport", labels=["transport"]
+        )
+        for transport in ("websocket", "polling"):
+            connections.add_metric([transport], stats[transport])
+        yield connections
+        for name, text, key in self._GAUGES:
+            yield GaugeMetricFamily(name, text, value=stats[key])
         for name, text in self._HELP.items():
             yield CounterMetricFamily(f"minitalk_{name}", text, value=stats[name])
