@@ -45,18 +45,17 @@ class Health:
 
     def __init__(self) -> None:
         self._storage_problem: str | None = None
-        self._stopping = False
-        # Set by shutting_down(): what a long-lived response (the dashboard's stream) waits on to end at once.
+        # Set by shutting_down(), for good; a long-lived response (the dashboard's stream) waits on it to end.
         self.stopping = trio.Event()
 
     @property
     def ready(self) -> bool:
-        return self._storage_problem is None and not self._stopping
+        return self._storage_problem is None and not self.stopping.is_set()
 
     @property
     def reason(self) -> str:
         """Why the server is not ready ("" when it is): the text ``/ready`` answers with."""
-        if self._stopping:
+        if self.stopping.is_set():
             return "MiniTalk Backend is shutting down"
         if self._storage_problem is not None:
             return f"Storage is failing: {self._storage_problem}"
@@ -80,7 +79,6 @@ class Health:
 
     def shutting_down(self) -> None:
         """The server stops taking new work; final: readiness never comes back in this process."""
-        self._stopping = True
         self.stopping.set()
 
 
