@@ -24,7 +24,7 @@ import msgspec
 import trio
 from prometheus_client.registry import CollectorRegistry
 
-from server.dashboard import Labels, histogram_quantile, read_samples
+from server.dashboard import Labels, histogram_buckets, histogram_quantile, read_samples
 
 EVAL_INTERVAL_S = 15.0  # Prometheus' usual evaluation interval
 HISTORY_S = 3600.0 + 600.0  # the throughput rule's "an hour ago", with its own 5-minute window and slack
@@ -87,7 +87,7 @@ class History:
         start = next((s for s in self._snapshots if end is not None and s[0] >= end[0] - window - 1e-9), None)
         if end is None or start is None or start[0] >= end[0]:
             return None
-        after, before = _buckets(end[1], name), _buckets(start[1], name)
+        after, before = histogram_buckets(end[1], name) or {}, histogram_buckets(start[1], name) or {}
         return histogram_quantile(q, [(le, count - before.get(le, 0.0)) for le, count in after.items()])
 
     def min_over(self, name: str, window: float) -> float | None:
@@ -99,14 +99,6 @@ class History:
 def _total(samples: Samples, name: str, match: Mapping[str, str]) -> float | None:
     rows = [v for labels, v in samples.get(name, ()) if all(labels.get(k) == want for k, want in match.items())]
     return sum(rows) if rows else None
-
-
-def _buckets(samples: Samples, name: str) -> dict[float, float]:
-    out: dict[float, float] = {}
-    for labels, value in samples.get(f"{name}_bucket", ()):
-        le = float(labels.get("le", "+Inf"))
-        out[le] = out.get(le, 0.0) + value
-    return out
 
 
 def _ratio(top: float | None, bottom: float | None) -> float | None:

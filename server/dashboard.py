@@ -116,10 +116,10 @@ class Sampler:
             return None if rows is None else {labels.get(label, ""): value for labels, value in rows}
 
         def quantiles(name: str) -> tuple[float | None, float | None]:
-            now_buckets = _buckets(samples, name)
+            now_buckets = histogram_buckets(samples, name)
             if now_buckets is None:
                 return None, None
-            before = _buckets(oldest, name) if oldest is not None else None
+            before = histogram_buckets(oldest, name) if oldest is not None else None
             window = [(le, count - (before or {}).get(le, 0.0)) for le, count in now_buckets.items()]
             return histogram_quantile(0.5, window), histogram_quantile(0.99, window)
 
@@ -158,7 +158,7 @@ class Sampler:
         }
 
 
-def _buckets(samples: Mapping[str, list[tuple[Labels, float]]], name: str) -> dict[float, float] | None:
+def histogram_buckets(samples: Mapping[str, list[tuple[Labels, float]]], name: str) -> dict[float, float] | None:
     """A histogram's cumulative buckets (summed over its other labels) by upper bound, or None if absent."""
     rows = samples.get(f"{name}_bucket")
     if rows is None:
