@@ -256,11 +256,6 @@ class ChatApp:
             self._reject(session, ERR_NOT_MEMBER, ack_id)
             return
         ticket = Ticket(session, ack_id)
-        if received_ns and self.hub.tracing.sample_message():
-            ticket.span = self.hub.tracing.start("send_message", start_ns=received_ns, kind=SpanKind.CONSUMER)
-            ticket.received_ns = received_ns
-            ticket.span.set_attribute("chat.room_id", data.roomId)
-            ticket.span.set_attribute("enduser.id", user)
         fast = self.settings.mode == "fast"
         key = None if data.clientMsgId is None else (data.roomId, user, data.clientMsgId)
         if fast and key is not None and self._answer_repeat(key, ticket):
@@ -286,6 +281,12 @@ class ChatApp:
             self._broadcast_message(
                 MessageOut("message", room.room_id, user, data.content, message.timestamp, message.id, seq)
             )
+        if received_ns and self.hub.tracing.sample_message():
+            # Only a send that reaches the batcher is traced: every span started here ends at its ack or failure.
+            ticket.span = self.hub.tracing.start("send_message", start_ns=received_ns, kind=SpanKind.CONSUMER)
+            ticket.received_ns = received_ns
+            ticket.span.set_attribute("chat.room_id", data.roomId)
+            ticket.span.set_attribute("enduser.id", user)
         self.batcher.submit_nowait(message, ticket)
 
     def _answer_repeat(self, key: tuple[str, str, str], ticket: Ticket) -> bool:
