@@ -38,9 +38,10 @@ def _start_span(tracing: Tracing) -> None:
     become its children."""
     if not tracing.enabled:
         return
-    span = tracing.start(f"{request.method} {_route()}", kind=SpanKind.SERVER)
+    route = _route()
+    span = tracing.start(f"{request.method} {route}", kind=SpanKind.SERVER)
     span.set_attribute("http.request.method", request.method)
-    span.set_attribute("http.route", _route())
+    span.set_attribute("http.route", route)
     span.set_attribute("url.path", request.path)
     g.span, g.span_token = span, context.attach(trace.set_span_in_context(span))
 
