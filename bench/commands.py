@@ -7,7 +7,6 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -16,7 +15,7 @@ from bench import report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
 from bench.report import ratio_table, steps_table, stress_table
-from bench.result import Repeats, Result, StressRecord, git_commit, load_any, machine, reference_ms
+from bench.result import Ramp, Repeats, Result, Step, StressRecord, git_commit, load_any, machine, reference_ms
 
 
 def slow_reading(args: argparse.Namespace) -> scenarios.SlowReading | None:
@@ -263,11 +262,11 @@ def run_stress(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def print_step(step: dict[str, Any]) -> None:
+def print_step(step: Step) -> None:
     print(
-        f"  {report.rate_text(step['rate']):>8} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
-        f" {step['deliveries_per_s']:>11,.0f}/s, p99 {step['p99_ms']:>9,.1f} ms, CPU server"
-        f" {step['server_cpu_percent']:>3,.0f}% client {step['client_cpu_percent']:>3,.0f}%: {step['why']}",
+        f"  {report.rate_text(step.rate):>8} msg/s offered: acked {step.acked_msgs_per_s:>10,.0f}/s, deliveries"
+        f" {step.deliveries_per_s:>11,.0f}/s, p99 {step.p99_ms:>9,.1f} ms, CPU server"
+        f" {step.server_cpu_percent:>3,.0f}% client {step.client_cpu_percent:>3,.0f}%: {step.why}",
         flush=True,
     )
 
@@ -275,7 +274,7 @@ def print_step(step: dict[str, Any]) -> None:
 def run_peers(args: argparse.Namespace, command: str) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     results: list[Result] = []
-    ramps: list[dict[str, Any]] = []
+    ramps: list[Ramp] = []
     skipped: list[str] = []
     for name in args.only or TARGETS:
         try:
@@ -340,7 +339,7 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def stress_record(ramps: list[dict[str, Any]], command: str) -> StressRecord:
+def stress_record(ramps: list[Ramp], command: str) -> StressRecord:
     return StressRecord(
         command=command,
         git_commit=git_commit(),

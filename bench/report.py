@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -14,7 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from bench import slowreport, stress
-from bench.result import Result
+from bench.result import Ramp, Result
 
 
 def _fmt(value: float) -> str:
@@ -99,18 +98,18 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def stress_plot(ramps: list[dict[str, Any]], path: Path) -> Path:
+def stress_plot(ramps: list[Ramp], path: Path) -> Path:
     """Per target: deliveries/s achieved and delivery p99 against the offered rate, one point per ramp step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for ramp in ramps:
-        steps = sorted(ramp["steps"], key=lambda s: s["rate"])
-        rates = [s["rate"] for s in steps]
-        line = left.plot(rates, [s["deliveries_per_s"] for s in steps], marker="o", label=ramp["target"])
-        right.plot(rates, [s["p99_ms"] for s in steps], marker="o", color=line[0].get_color())
-        failed = [s for s in steps if not s["ok"]]
-        right.plot([s["rate"] for s in failed], [s["p99_ms"] for s in failed], "x", color="red", markersize=10)
-    bound = ramps[0]["p99_bound_ms"] if ramps else 100
+        steps = sorted(ramp.steps, key=lambda s: s.rate)
+        rates = [s.rate for s in steps]
+        line = left.plot(rates, [s.deliveries_per_s for s in steps], marker="o", label=ramp.target)
+        right.plot(rates, [s.p99_ms for s in steps], marker="o", color=line[0].get_color())
+        failed = [s for s in steps if not s.ok]
+        right.plot([s.rate for s in failed], [s.p99_ms for s in failed], "x", color="red", markersize=10)
+    bound = ramps[0].p99_bound_ms if ramps else 100
     right.axhline(bound, color="grey", linestyle="--", linewidth=1)
     for ax in (left, right):
         ax.set_xscale("log")
@@ -120,7 +119,7 @@ def stress_plot(ramps: list[dict[str, Any]], path: Path) -> Path:
     right.set_yscale("log")
     right.set_ylabel(f"delivery p99 ms (bound {bound:g}, x = failed step)")
     left.legend(fontsize=8)
-    shape = ramps[0].get("shape", "") if ramps else ""
+    shape = ramps[0].shape if ramps else ""
     fig.suptitle(f"stress ramp ({shape} shape)")
     return _save(fig, path)
 
@@ -249,23 +248,23 @@ def endurance_summary(result: Result) -> str:
     )
 
 
-def rate_text(rate: Any) -> str:
+def rate_text(rate: float) -> str:
     """Whole messages/s, except the sub-10 rates a ramp reaches when it steps down."""
     return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
 
 
-def stress_table(ramps: list[dict[str, Any]]) -> str:
+def stress_table(ramps: list[Ramp]) -> str:
     lines = [
         "| target | shape | max sustainable msgs/s | deliveries/s | p99 at max (ms) | server / client CPU % at max"
         " | whose limit | between (offered) | next step failed on |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
-        at_least = "≥ " if stress.lower_bound(r) else ""
+        at_least = "≥ " if r.lower_bound else ""
         lines.append(
-            f"| {r['target']} | {r.get('shape', 'quick')} | {at_least}{r['max_sustainable_msgs_per_s']:,.0f}"
-            f" | {at_least}{r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f}"
-            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {stress.bracket(r)} | {r['limited_by']} |"
+            f"| {r.target} | {r.shape} | {at_least}{r.max_sustainable_msgs_per_s:,.0f}"
+            f" | {at_least}{r.max_sustainable_deliveries_per_s:,.0f} | {r.p99_at_max_ms:,.1f}"
+            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {stress.bracket(r)} | {r.limited_by} |"
         )
     lines += [
         "",
@@ -275,7 +274,7 @@ def stress_table(ramps: list[dict[str, Any]]) -> str:
         " that failed; after the first failing step the ramp bisects until they are within"
         f" {stress.NARROW_TO:.0%} (at most {stress.MAX_BISECTIONS} steps).",
     ]
-    if any(stress.lower_bound(r) for r in ramps):
+    if any(r.lower_bound for r in ramps):
         lines += [
             "",
             "≥: the ramp ended on a client-bound step (the load generator saturated its core) or ran out of"
@@ -284,7 +283,7 @@ def stress_table(ramps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def steps_table(ramps: list[dict[str, Any]]) -> str:
+def steps_table(ramps: list[Ramp]) -> str:
     """Every step of every ramp: what was offered, what came back, and the verdict."""
     lines = [
         "| target | offered msgs/s | acked msgs/s | deliveries/s | p50 ms | p99 ms | lost | server CPU % (max)"
@@ -292,15 +291,15 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
-        for s in r["steps"]:
+        for s in r.steps:
             lines.append(
-                f"| {r['target']} | {rate_text(s['rate'])} | {s['acked_msgs_per_s']:,.0f}"
-                f" | {s['deliveries_per_s']:,.0f} | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,}"
-                f" | {s['server_cpu_percent']:,.0f}"
-                f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']}"
+                f"| {r.target} | {rate_text(s.rate)} | {s.acked_msgs_per_s:,.0f}"
+                f" | {s.deliveries_per_s:,.0f} | {s.p50_ms:,.1f} | {s.p99_ms:,.1f} | {s.lost:,}"
+                f" | {s.server_cpu_percent:,.0f}"
+                f" | {s.client_cpu_percent:,.0f} | {s.slow_consumer_disconnects:,.0f} | {s.why}"
                 f" | {stress.step_limit(s)} |"
             )
-    crossed = [(r, s) for r in ramps for s in r["steps"] if "cross_p99_ms" in s]
+    crossed = [(r, s) for r in ramps for s in r.steps if not math.isnan(s.cross_p99_ms)]
     if crossed:
         lines += [
             "",
@@ -309,16 +308,14 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
         ]
         lines += ["| target | offered msgs/s | cross-process p50 ms | cross-process p99 ms |", "|---|---|---|---|"]
         for r, s in crossed:
-            lines.append(
-                f"| {r['target']} | {rate_text(s['rate'])} | {s['cross_p50_ms']:,.1f} | {s['cross_p99_ms']:,.1f} |"
-            )
+            lines.append(f"| {r.target} | {rate_text(s.rate)} | {s.cross_p50_ms:,.1f} | {s.cross_p99_ms:,.1f} |")
     return "\n".join(lines)
 
 
-def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:
+def ratio_table(results: list[Result], ramps: list[Ramp]) -> str:
     ours = [r for r in results if r.server["name"].startswith("minitalk-trio")]
     peers = [r for r in results if not r.server["name"].startswith("minitalk-trio")]
-    by_name = {str(r["target"]): r for r in ramps}
+    by_name = {r.target: r for r in ramps}
     lines = [
         "| ours | peer | max msgs/s | max deliveries/s | p99 at the scenario's load (peer / ours) |",
         "|---|---|---|---|---|",
@@ -326,8 +323,8 @@ def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:
     for o in ours:
         for p in peers:
             ro, rp = by_name.get(o.server["name"]), by_name.get(p.server["name"])
-            msgs = _ratio(ro, rp, "max_sustainable_msgs_per_s")
-            dels = _ratio(ro, rp, "max_sustainable_deliveries_per_s")
+            msgs = _ratio(ro, rp, lambda r: r.max_sustainable_msgs_per_s)
+            dels = _ratio(ro, rp, lambda r: r.max_sustainable_deliveries_per_s)
             p99 = (
                 p.delivery_latency_ms["p99"] / o.delivery_latency_ms["p99"]
                 if o.delivery_latency_ms["p99"]
@@ -337,13 +334,11 @@ def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _ratio(ours: dict[str, Any] | None, peer: dict[str, Any] | None, key: str) -> str:
-    if not ours or not peer:
+def _ratio(ours: Ramp | None, peer: Ramp | None, maximum: Callable[[Ramp], float]) -> str:
+    if ours is None or peer is None:
         return "(run with --stress)"
-    a, b = float(ours[key]), float(peer[key])
+    a, b = maximum(ours), maximum(peer)
     # A lower-bound maximum (client-bound, or out of steps): ours only → the ratio is at least this; the peer's →
     # at most; both → neither.
-    bound = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "~ "}.get(
-        (stress.lower_bound(ours), stress.lower_bound(peer)), ""
-    )
+    bound = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "~ "}.get((ours.lower_bound, peer.lower_bound), "")
     return f"{bound}{a / b:,.1f}x" if b else "∞ (peer sustained none)"

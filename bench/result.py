@@ -100,12 +100,62 @@ class _Record(msgspec.Struct, kw_only=True):
         return _write_json(path, self)
 
 
+class Step(msgspec.Struct, kw_only=True):
+    """One step of a stress ramp: a complete run at one offered rate, and its verdict (bench/stress.py)."""
+
+    rate: float  # offered msgs/s
+    ok: bool  # sustainable: nothing lost or duplicated, the server kept up, p99 within the bound
+    why: str  # "ok", "ok (client-bound)", "client-bound" or what failed
+    acked_msgs_per_s: float
+    deliveries_per_s: float
+    p50_ms: float  # delivery latency
+    p99_ms: float
+    lost: int
+    slow_consumer_disconnects: float  # our server's counter over the step (0 for the peers)
+    server_cpu_percent: float  # the server's busiest second, % of one core
+    client_cpu_percent: float  # the busiest load worker over the load, % of its core
+    errors: int
+    limit: str = ""  # whose limit (bench.stress.step_limit); "" in records written before the field
+    # A cluster: the delivery latency of messages that crossed to another process (NaN: not a cluster). Records
+    # written before these fields left them out for a single process.
+    cross_p50_ms: float = NAN
+    cross_p99_ms: float = NAN
+
+
+class Ramp(msgspec.Struct, kw_only=True):
+    """One target's stress ramp: its steps and the maximum sustainable rate they found (bench/stress.py).
+
+    Fields added after the first records have defaults (NaN: unknown); ``lower_bound`` is required, and
+    ``load_any`` infers it for the records written before it."""
+
+    target: str
+    server: dict[str, Any] = {}  # the target's settings (Target.description())
+    factor: float = NAN  # the offered rate's factor from step to step
+    step_s: float = NAN  # seconds of load per step
+    shape: str  # the scenario whose rooms and senders the ramp scales
+    p99_bound_ms: float
+    steps: list[Step]
+    max_sustainable_msgs_per_s: float  # acked, at the fastest step that passed (0: none passed)
+    max_sustainable_deliveries_per_s: float
+    p99_at_max_ms: float  # NaN: no step passed
+    client_bound: bool  # the slowest failing step above the maximum failed on the load generator's core
+    # The server never failed a step (client-bound, or out of steps): the maximum is at least what it found.
+    lower_bound: bool
+    limited_by: str  # "<rate> msg/s: <why>" of that failing step, or "stopped after N steps"
+    # Offered msgs/s: the fastest step that passed and the slowest that failed above it ([] if either is
+    # missing); the server's maximum lies between them. ``bisections``: the steps spent narrowing it.
+    bracket: list[float] = []
+    bisections: int = 0
+    limit: str = ""  # whose limit ended the ramp (bench.stress.ramp_limit); "" in older records
+    server_cpu_at_max: float = NAN  # the fastest passing step's, % of one core
+    client_cpu_at_max: float = NAN
+
+
 class StressRecord(_Record, kw_only=True):
     """The versioned result of stress ramps (``run stress``, ``peers --stress``): one ramp per target."""
 
     kind: str = "stress"
-    # Each: target, server (its settings), shape, p99_bound_ms, steps, max_sustainable_*, limited_by, ...
-    ramps: list[dict[str, Any]] = []
+    ramps: list[Ramp] = []
 
 
 class Repeats(_Record, kw_only=True):
@@ -128,12 +178,23 @@ def load_any(path: Path) -> Result | StressRecord | Repeats:
     repeats. Raises OSError (unreadable), msgspec.DecodeError (not JSON), msgspec.ValidationError (not a record)."""
     raw = _read_json(path)
     if isinstance(raw, list):
-        return msgspec.convert({"ramps": raw}, type=StressRecord)
+        raw = {"kind": "stress", "ramps": raw}
     if isinstance(raw, dict) and raw.get("kind") == "stress":
+        if isinstance(raw.get("ramps"), list):
+            raw["ramps"] = [_with_lower_bound(r) for r in raw["ramps"]]
         return msgspec.convert(raw, type=StressRecord)
     if isinstance(raw, dict) and raw.get("kind") == "repeats":
         return msgspec.convert(raw, type=Repeats)
     return msgspec.convert(raw, type=Result)
+
+
+def _with_lower_bound(ramp: Any) -> Any:
+    """A ramp written before ``lower_bound``: its maximum is a lower bound when it was client-bound or ran out of
+    steps (what its ``limited_by`` says). Anything but an object is left to the decoder to refuse."""
+    if not isinstance(ramp, dict) or "lower_bound" in ramp:
+        return ramp
+    out_of_steps = str(ramp.get("limited_by", "")).startswith("stopped after")
+    return ramp | {"lower_bound": bool(ramp.get("client_bound")) or out_of_steps}
 
 
 def load(path: Path) -> Result:
