@@ -83,10 +83,10 @@ def _measure(
 def summary(result: Result) -> str:
     """One line of what compare decides on."""
     return (
-        f"acked {result.throughput['acked_msgs_per_s']:,.1f} msg/s, deliveries"
-        f" {result.throughput['deliveries_per_s']:,.1f}/s, delivery p50 {result.delivery_latency_ms['p50']:,.2f} ms"
-        f" p99 {result.delivery_latency_ms['p99']:,.2f} ms, ack p99 {result.ack_latency_ms['p99']:,.2f} ms,"
-        f" lost {result.counts['lost']:,}, duplicated {result.counts['duplicated']:,}"
+        f"acked {result.throughput.acked_msgs_per_s:,.1f} msg/s, deliveries"
+        f" {result.throughput.deliveries_per_s:,.1f}/s, delivery p50 {result.delivery_latency_ms.p50:,.2f} ms"
+        f" p99 {result.delivery_latency_ms.p99:,.2f} ms, ack p99 {result.ack_latency_ms.p99:,.2f} ms,"
+        f" lost {result.counts.lost:,}, duplicated {result.counts.duplicated:,}"
     )
 
 

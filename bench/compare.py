@@ -89,13 +89,13 @@ class Metric(msgspec.Struct, frozen=True):
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("acked msgs/s", lambda r: r.throughput["acked_msgs_per_s"], True, "rate"),
-    Metric("deliveries/s", lambda r: r.throughput["deliveries_per_s"], True, "rate"),
-    Metric("delivery p50 ms", lambda r: r.delivery_latency_ms["p50"], False, "median"),
-    Metric("delivery p99 ms", lambda r: r.delivery_latency_ms["p99"], False, "tail"),
-    Metric("ack p99 ms", lambda r: r.ack_latency_ms["p99"], False, "tail"),
-    Metric("lost", lambda r: float(r.counts["lost"]), False, "exact"),
-    Metric("duplicated", lambda r: float(r.counts["duplicated"]), False, "exact"),
+    Metric("acked msgs/s", lambda r: r.throughput.acked_msgs_per_s, True, "rate"),
+    Metric("deliveries/s", lambda r: r.throughput.deliveries_per_s, True, "rate"),
+    Metric("delivery p50 ms", lambda r: r.delivery_latency_ms.p50, False, "median"),
+    Metric("delivery p99 ms", lambda r: r.delivery_latency_ms.p99, False, "tail"),
+    Metric("ack p99 ms", lambda r: r.ack_latency_ms.p99, False, "tail"),
+    Metric("lost", lambda r: float(r.counts.lost), False, "exact"),
+    Metric("duplicated", lambda r: float(r.counts.duplicated), False, "exact"),
 )
 # The floor of the threshold by kind of metric: with MIN_RUNS or more runs a side, and with fewer (weak).
 FLOORS = {"rate": 0.05, "median": 0.10, "tail": 0.20}

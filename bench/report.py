@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from bench import slowreport, stress
-from bench.result import Ramp, Result
+from bench.result import Percentiles, Ramp, Result
 
 
 def _fmt(value: float) -> str:
@@ -25,13 +25,13 @@ def _fmt(value: float) -> str:
 def plots(result: Result, directory: Path, stem: str) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     made = []
-    t = [row["t"] for row in result.timeline]
+    t = [row.t for row in result.timeline]
     if t:
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.plot(t, [row["sent"] for row in result.timeline], label="sent msgs/s")
-        ax.plot(t, [row["acked"] for row in result.timeline], label="acked msgs/s")
+        ax.plot(t, [row.sent for row in result.timeline], label="sent msgs/s")
+        ax.plot(t, [row.acked for row in result.timeline], label="acked msgs/s")
         ax2 = ax.twinx()
-        ax2.plot(t, [row["delivered"] for row in result.timeline], color="tab:green", label="deliveries/s")
+        ax2.plot(t, [row.delivered for row in result.timeline], color="tab:green", label="deliveries/s")
         ax.set_xlabel("second")
         ax.set_ylabel("messages/s")
         ax2.set_ylabel("deliveries/s")
@@ -39,21 +39,19 @@ def plots(result: Result, directory: Path, stem: str) -> list[Path]:
         ax.set_title(f"{result.scenario} — {result.server['name']}: throughput")
         made.append(_save(fig, directory / f"{stem}-throughput.png"))
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.plot(t, [row["p50_ms"] for row in result.timeline], label="p50")
-        ax.plot(t, [row["p99_ms"] for row in result.timeline], label="p99")
+        ax.plot(t, [row.p50_ms for row in result.timeline], label="p50")
+        ax.plot(t, [row.p99_ms for row in result.timeline], label="p99")
         ax.set_xlabel("second")
         ax.set_ylabel("delivery latency (ms)")
         ax.legend(fontsize=8)
         ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency over time")
         made.append(_save(fig, directory / f"{stem}-latency.png"))
-    lat = result.delivery_latency_ms
-    if lat:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        labels = [k for k in lat if k != "max"] + ["max"]
-        ax.bar(labels, [lat[k] if not math.isnan(lat[k]) else 0 for k in labels])
-        ax.set_ylabel("ms")
-        ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency distribution")
-        made.append(_save(fig, directory / f"{stem}-distribution.png"))
+    lat = result.delivery_latency_ms.by_label()  # p50 to max
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(list(lat), [0 if math.isnan(v) else v for v in lat.values()])
+    ax.set_ylabel("ms")
+    ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency distribution")
+    made.append(_save(fig, directory / f"{stem}-distribution.png"))
     if result.server_resources:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         ts = [s["t"] for s in result.server_resources]
@@ -137,22 +135,22 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         "|---|" + "---|" * len(results),
     ]
     rows: list[tuple[str, Callable[[Result], float]]] = [
-        ("offered msgs/s", lambda r: r.throughput["offered_msgs_per_s"]),
-        ("acked msgs/s", lambda r: r.throughput["acked_msgs_per_s"]),
-        ("deliveries/s", lambda r: r.throughput["deliveries_per_s"]),
-        ("expected deliveries", lambda r: r.counts["expected_deliveries"]),
-        ("delivered", lambda r: r.counts["delivered"]),
-        ("lost", lambda r: r.counts["lost"]),
-        ("duplicated", lambda r: r.counts["duplicated"]),
-        ("out of order", lambda r: r.counts["out_of_order"]),
-        # Old results have no such count; a server that kept up has none.
-        ("delivered, ack not yet back", lambda r: r.counts.get("delivered_unacked", 0)),
-        ("rejected", lambda r: r.counts["rejected"]),
+        ("offered msgs/s", lambda r: r.throughput.offered_msgs_per_s),
+        ("acked msgs/s", lambda r: r.throughput.acked_msgs_per_s),
+        ("deliveries/s", lambda r: r.throughput.deliveries_per_s),
+        ("expected deliveries", lambda r: r.counts.expected_deliveries),
+        ("delivered", lambda r: r.counts.delivered),
+        ("lost", lambda r: r.counts.lost),
+        ("duplicated", lambda r: r.counts.duplicated),
+        ("out of order", lambda r: r.counts.out_of_order),
+        # Old results have no such count (0); a server that kept up has none.
+        ("delivered, ack not yet back", lambda r: r.counts.delivered_unacked),
+        ("rejected", lambda r: r.counts.rejected),
         *[
-            (f"delivery {k} ms", _latency("delivery_latency_ms", k))
+            (f"delivery {k} ms", _latency(lambda r: r.delivery_latency_ms, k))
             for k in ("p50", "p90", "p95", "p99", "p99.9", "max")
         ],
-        *[(f"ack {k} ms", _latency("ack_latency_ms", k)) for k in ("p50", "p99")],
+        *[(f"ack {k} ms", _latency(lambda r: r.ack_latency_ms, k)) for k in ("p50", "p99")],
         ("server CPU % (mean)", lambda r: _mean(r.server_resources, "cpu_percent")),
         ("server CPU % (busiest second)", _peak("cpu_percent")),
         # The load generator's share of its core over the load: next to the server's, so that a reader sees
@@ -180,9 +178,9 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         if stalled:
             lines.append(
                 f"\n- **{r.server['name']}** slow consumers: {stalled} members stopped reading and are left out of"
-                f" the expected deliveries; the rest of the room got {r.counts['delivered']:,} of"
-                f" {r.counts['expected_deliveries']:,} ({r.counts['lost']:,} lost), delivery p99"
-                f" {_fmt(r.delivery_latency_ms.get('p99', float('nan')))} ms"
+                f" the expected deliveries; the rest of the room got {r.counts.delivered:,} of"
+                f" {r.counts.expected_deliveries:,} ({r.counts.lost:,} lost), delivery p99"
+                f" {_fmt(r.delivery_latency_ms.p99)} ms"
             )
         for key in ("mean_batch_size", "mean_commit_ms", "mean_loop_lag_ms", "slow_consumer_disconnects_total"):
             if key in r.server_metrics:
@@ -214,8 +212,8 @@ def headroom(result: Result) -> str:
     return f"CPU: server {_fmt(server)}% of a core at most, load generator {_fmt(client)}% (busiest worker): {verdict}"
 
 
-def _latency(field: str, key: str) -> Callable[[Result], float]:
-    return lambda r: float(getattr(r, field)[key])
+def _latency(distribution: Callable[[Result], Percentiles], label: str) -> Callable[[Result], float]:
+    return lambda r: distribution(r).by_label()[label]
 
 
 def _peak(key: str) -> Callable[[Result], float]:
@@ -230,7 +228,7 @@ def _mean(samples: list[dict[str, float]], key: str) -> float:
 def endurance_summary(result: Result) -> str:
     """RSS growth per minute (least squares over the samples) and p99 drift (first vs last fifth of the run)."""
     samples = result.server_resources
-    rows = [row for row in result.timeline if not math.isnan(row["p99_ms"])]
+    rows = [row for row in result.timeline if not math.isnan(row.p99_ms)]
     if len(samples) < 30 or len(rows) < 30:
         return ""
     n = len(samples)
@@ -240,8 +238,8 @@ def endurance_summary(result: Result) -> str:
     var = sum((s["t"] - mean_t) ** 2 for s in samples) or 1.0
     per_minute = cov / var * 60
     fifth = max(1, len(rows) // 5)
-    first = sorted(r["p99_ms"] for r in rows[:fifth])[fifth // 2]
-    last = sorted(r["p99_ms"] for r in rows[-fifth:])[fifth // 2]
+    first = sorted(r.p99_ms for r in rows[:fifth])[fifth // 2]
+    last = sorted(r.p99_ms for r in rows[-fifth:])[fifth // 2]
     return (
         f"RSS {per_minute:+.2f} MB/min (least squares over {n} samples); per-second p99, median of the first"
         f" fifth {first:.1f} ms, of the last fifth {last:.1f} ms (drift {last - first:+.1f} ms)"
@@ -325,11 +323,7 @@ def ratio_table(results: list[Result], ramps: list[Ramp]) -> str:
             ro, rp = by_name.get(o.server["name"]), by_name.get(p.server["name"])
             msgs = _ratio(ro, rp, lambda r: r.max_sustainable_msgs_per_s)
             dels = _ratio(ro, rp, lambda r: r.max_sustainable_deliveries_per_s)
-            p99 = (
-                p.delivery_latency_ms["p99"] / o.delivery_latency_ms["p99"]
-                if o.delivery_latency_ms["p99"]
-                else float("nan")
-            )
+            p99 = p.delivery_latency_ms.p99 / o.delivery_latency_ms.p99 if o.delivery_latency_ms.p99 else float("nan")
             lines.append(f"| {o.server['name']} | {p.server['name']} | {msgs} | {dels} | {p99:,.1f}x |")
     return "\n".join(lines)
 

@@ -19,6 +19,65 @@ SCHEMA = 1
 NAN = float("nan")
 
 
+class Percentiles(msgspec.Struct, kw_only=True):
+    """A latency distribution in ms (``Histogram.summary_ms``). NaN: no sample, as an empty histogram says; older
+    records wrote ``{}`` for a run without such deliveries (no cluster, no slow readers), which reads the same."""
+
+    p50: float = NAN
+    p90: float = NAN
+    p95: float = NAN
+    p99: float = NAN
+    p99_9: float = msgspec.field(default=NAN, name="p99.9")
+    max: float = NAN
+
+    def by_label(self) -> dict[str, float]:
+        """Each percentile by its name in the records, p50 to max."""
+        return {
+            "p50": self.p50,
+            "p90": self.p90,
+            "p95": self.p95,
+            "p99": self.p99,
+            "p99.9": self.p99_9,
+            "max": self.max,
+        }
+
+
+class Counts(msgspec.Struct, kw_only=True):
+    """What happened to a run's messages (bench/accounting.py settles the deliveries)."""
+
+    offered: int  # the schedule's messages over the load
+    sent: int
+    acked: int
+    rejected: int
+    expected_deliveries: int  # each accepted message once to each member of its room that reads
+    delivered: int
+    lost: int
+    duplicated: int
+    out_of_order: int
+    delivered_unacked: int = 0  # delivered, but the sender's ack never came back; 0 in records before the field
+
+
+class Throughput(msgspec.Struct, kw_only=True):
+    """A run's rates: its counts over the load's duration, per second."""
+
+    offered_msgs_per_s: float
+    sent_msgs_per_s: float
+    acked_msgs_per_s: float
+    deliveries_per_s: float
+
+
+class Second(msgspec.Struct, kw_only=True):
+    """One second of a run's timeline, every load worker's together; latencies of that second's deliveries."""
+
+    t: int  # seconds since the load started, at the second's end
+    sent: int
+    acked: int
+    delivered: int
+    p50_ms: float  # NaN: no delivery that second
+    p99_ms: float
+    slow_p99_ms: float = NAN  # the slow-readers scenario's slow members (NaN: no delivery to them that second)
+
+
 class SlowMember(msgspec.Struct, frozen=True, kw_only=True):
     """One slow reader of the slow-readers scenario, settled (bench/slowreport.py). NaN times: never."""
 
@@ -49,7 +108,8 @@ class SlowPhases(msgspec.Struct, kw_only=True):
     other_members: int = 0
     slow_totals: dict[str, int] = {}  # expected, delivered, lost, duplicated, out_of_order, disconnects
     other_totals: dict[str, int] = {}  # the same for the members that read at full speed
-    slow_latency_ms: dict[str, float] = {}  # the slow members' deliveries (delivery_latency_ms: the others')
+    # The slow members' deliveries (delivery_latency_ms: the others')
+    slow_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
     rss_mb: dict[str, float] = {}  # start, max_slow, max_after, end
     commit_p99_ms: dict[str, float] = {}  # slow (the slow phase), after (the rest of the run), run
     # Seconds (since the start) in which our server counted slow-consumer disconnects, as /metrics said each second
@@ -66,13 +126,14 @@ class Result(msgspec.Struct, kw_only=True):
     git_commit: str
     machine: dict[str, Any]
     started_at: str
-    counts: dict[str, int]
-    throughput: dict[str, float]
-    delivery_latency_ms: dict[str, float]
-    # A cluster (several target URLs): the deliveries of messages sent through another process than the member's.
-    cross_latency_ms: dict[str, float] = {}
-    ack_latency_ms: dict[str, float]
-    timeline: list[dict[str, float]]
+    counts: Counts
+    throughput: Throughput
+    delivery_latency_ms: Percentiles
+    # A cluster (several target URLs): the deliveries of messages sent through another process than the member's
+    # (NaN: a single process).
+    cross_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
+    ack_latency_ms: Percentiles
+    timeline: list[Second]
     server_resources: list[dict[str, float]]
     server_metrics: dict[str, float]
     client_cpu_percent: list[float]

@@ -67,11 +67,11 @@ def first_rate(base: Scenario, deliveries_per_s: float = START_DELIVERIES_PER_S)
 
 
 def sustainable(result: Result, p99_bound_ms: float) -> tuple[bool, str]:
-    counts, p99 = result.counts, result.delivery_latency_ms["p99"]
-    if counts["lost"] or counts["duplicated"]:
-        return False, f"{counts['lost']} lost, {counts['duplicated']} duplicated"
+    counts, p99 = result.counts, result.delivery_latency_ms.p99
+    if counts.lost or counts.duplicated:
+        return False, f"{counts.lost} lost, {counts.duplicated} duplicated"
     why = ""
-    if counts["acked"] < KEEP_UP * counts["offered"]:  # counts: at low rates the schedule floors per stream
+    if counts.acked < KEEP_UP * counts.offered:  # counts: at low rates the schedule floors per stream
         why = "fell behind the offered rate"
     elif not p99 <= p99_bound_ms:
         why = f"p99 {p99:,.0f} ms > {p99_bound_ms:g} ms"
@@ -150,9 +150,9 @@ def ramp(
         shape=base.name,
         p99_bound_ms=p99_bound_ms,
         steps=steps,
-        max_sustainable_msgs_per_s=best.throughput["acked_msgs_per_s"] if best else 0.0,
-        max_sustainable_deliveries_per_s=best.throughput["deliveries_per_s"] if best else 0.0,
-        p99_at_max_ms=best.delivery_latency_ms["p99"] if best else float("nan"),
+        max_sustainable_msgs_per_s=best.throughput.acked_msgs_per_s if best else 0.0,
+        max_sustainable_deliveries_per_s=best.throughput.deliveries_per_s if best else 0.0,
+        p99_at_max_ms=best.delivery_latency_ms.p99 if best else float("nan"),
         client_bound=failed is not None and failed.why == CLIENT_BOUND,
         # The server never failed a step: the maximum is at least what it found (a "≥" in tables and ratios).
         lower_bound=failed is None or failed.why == CLIENT_BOUND,
@@ -176,20 +176,19 @@ def _step(result: Result, rate: float, p99_bound_ms: float) -> Step:
         rate=round(rate, 2),
         ok=ok,
         why=why,
-        acked_msgs_per_s=result.throughput["acked_msgs_per_s"],
-        deliveries_per_s=result.throughput["deliveries_per_s"],
-        p50_ms=result.delivery_latency_ms["p50"],
-        p99_ms=result.delivery_latency_ms["p99"],
-        lost=result.counts["lost"],
+        acked_msgs_per_s=result.throughput.acked_msgs_per_s,
+        deliveries_per_s=result.throughput.deliveries_per_s,
+        p50_ms=result.delivery_latency_ms.p50,
+        p99_ms=result.delivery_latency_ms.p99,
+        lost=result.counts.lost,
         slow_consumer_disconnects=result.server_metrics.get("slow_consumer_disconnects_total", 0.0),
         server_cpu_percent=_server_cpu(result),
         client_cpu_percent=max(result.client_cpu_percent, default=0.0),
         errors=len(result.errors),
+        cross_p50_ms=result.cross_latency_ms.p50,  # a cluster: messages that crossed to another process
+        cross_p99_ms=result.cross_latency_ms.p99,
     )
     step.limit = step_limit(step)
-    if result.cross_latency_ms:  # a cluster: messages that crossed to another process
-        step.cross_p50_ms = result.cross_latency_ms["p50"]
-        step.cross_p99_ms = result.cross_latency_ms["p99"]
     return step
 
 

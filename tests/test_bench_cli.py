@@ -13,7 +13,7 @@ from bench import __main__ as cli
 from bench import commands, report, scenarios
 from bench.compare import compare_stress
 from bench.peers import launch
-from bench.result import Ramp, Result, Step, StressRecord, load_any
+from bench.result import Counts, Ramp, Result, Step, StressRecord, Throughput, load_any
 from bench.runner import plan_workers
 from bench.target import Target, TargetError
 from tests.server_process import ROOT
@@ -161,6 +161,10 @@ def test_peers_reports_targets_that_cannot_start_and_fails_when_none_ran(
     assert list(tmp_path.iterdir()) == []  # no report pretends to compare anything
 
 
+COUNTS = [f.name for f in msgspec.structs.fields(Counts)]
+THROUGHPUT = [f.name for f in msgspec.structs.fields(Throughput)]
+
+
 def _result(name: str, p99: float) -> Result:
     return msgspec.convert(
         {
@@ -171,8 +175,8 @@ def _result(name: str, p99: float) -> Result:
             "git_commit": "",
             "machine": {},
             "started_at": "",
-            "counts": {},
-            "throughput": {},
+            "counts": dict.fromkeys(COUNTS, 0),
+            "throughput": dict.fromkeys(THROUGHPUT, 0.0),
             "delivery_latency_ms": {"p99": p99},
             "ack_latency_ms": {},
             "timeline": [],

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from bench.report import _ratio, headroom, steps_table, stress_table
-from bench.result import Ramp, Result, Step, StressRecord, load_any
+from bench.result import Counts, Percentiles, Ramp, Result, Step, StressRecord, Throughput, load_any
 from bench.scenarios import Scenario, by_name
 from bench.stress import (
     MAX_BISECTIONS,
@@ -62,10 +62,22 @@ def _result(
         git_commit="",
         machine={},
         started_at="",
-        counts={"lost": lost, "duplicated": duplicated, "offered": 8000, "acked": round(acked * 8)},
-        throughput={"offered_msgs_per_s": 1000.0, "acked_msgs_per_s": acked},
-        delivery_latency_ms={"p50": p99 / 2, "p99": p99},
-        ack_latency_ms={},
+        counts=Counts(
+            offered=8000,
+            sent=8000,
+            acked=round(acked * 8),
+            rejected=0,
+            expected_deliveries=48000,
+            delivered=48000 - lost,
+            lost=lost,
+            duplicated=duplicated,
+            out_of_order=0,
+        ),
+        throughput=Throughput(
+            offered_msgs_per_s=1000.0, sent_msgs_per_s=1000.0, acked_msgs_per_s=acked, deliveries_per_s=6000.0
+        ),
+        delivery_latency_ms=Percentiles(p50=p99 / 2, p99=p99),
+        ack_latency_ms=Percentiles(),
         timeline=[],
         server_resources=[{"t": 1.0, "cpu_percent": server_cpu, "rss_mb": 50.0}],
         server_metrics={},
@@ -120,8 +132,8 @@ class _FakeServer:
         rate = scenario.offered_rate
         self.rates.append(rate)
         result = _result(p99=50 if rate <= self.limit else 500)
-        result.throughput["acked_msgs_per_s"] = rate
-        result.throughput["deliveries_per_s"] = scenario.expected_deliveries_per_s
+        result.throughput.acked_msgs_per_s = rate
+        result.throughput.deliveries_per_s = scenario.expected_deliveries_per_s
         return result
 
 
@@ -212,7 +224,7 @@ def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.Mo
         result = real_run(scenario, target)
         if scenario.offered_rate > 2000:  # saturated and, past that, too slow to keep the p99
             result = msgspec.structs.replace(result, client_bound=True)
-            result.delivery_latency_ms["p99"] = 500
+            result.delivery_latency_ms.p99 = 500
         elif scenario.offered_rate > 1200:  # saturated, but still within the bound
             result = msgspec.structs.replace(result, client_bound=True)
         return result
