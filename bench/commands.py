@@ -39,6 +39,13 @@ def scenario_of(args: argparse.Namespace) -> scenarios.Scenario:
     )
 
 
+def run_list() -> int:
+    """``list``: the scenarios, one a line."""
+    for name in scenarios.names():
+        print(name)
+    return 0
+
+
 def run_scenario(args: argparse.Namespace, command: str) -> int:
     """``run`` of one scenario (``--repeat N`` times, each on a fresh server): the result or the record of repeats."""
     scenario = scenario_of(args)
@@ -231,11 +238,7 @@ def _server(args: argparse.Namespace) -> target.Target:
 
 
 def run_stress(args: argparse.Namespace, command: str) -> int:
-    server = (
-        target.external(args.url, args.pid, args.also_url)
-        if args.url
-        else target.start_ours(args.mode, database=args.database)
-    )
+    server = _server(args)
     try:
         base = scenarios.by_name(args.shape, members=args.members, polling_share=args.polling_share)
         ramp = stress.ramp(
