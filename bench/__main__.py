@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         return commands.run_compare(parser, args)
     if args.command == "list":
-        for name in scenarios.names():
-            print(name)
-        return 0
+        return commands.run_list()
     if args.command == "receive-cost":
         return recvcost.run(args)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

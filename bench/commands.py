@@ -7,7 +7,6 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -16,7 +15,7 @@ from bench import report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
 from bench.report import ratio_table, steps_table, stress_table
-from bench.result import Repeats, Result, StressRecord, git_commit, load_any, machine, reference_ms
+from bench.result import Ramp, Repeats, Result, Step, StressRecord, git_commit, load_any, machine, reference_ms
 
 
 def slow_reading(args: argparse.Namespace) -> scenarios.SlowReading | None:
@@ -38,6 +37,13 @@ def scenario_of(args: argparse.Namespace) -> scenarios.Scenario:
         polling_share=args.polling_share,
         slow=slow_reading(args),
     )
+
+
+def run_list() -> int:
+    """``list``: the scenarios, one a line."""
+    for name in scenarios.names():
+        print(name)
+    return 0
 
 
 def run_scenario(args: argparse.Namespace, command: str) -> int:
@@ -84,10 +90,10 @@ def _measure(
 def summary(result: Result) -> str:
     """One line of what compare decides on."""
     return (
-        f"acked {result.throughput['acked_msgs_per_s']:,.1f} msg/s, deliveries"
-        f" {result.throughput['deliveries_per_s']:,.1f}/s, delivery p50 {result.delivery_latency_ms['p50']:,.2f} ms"
-        f" p99 {result.delivery_latency_ms['p99']:,.2f} ms, ack p99 {result.ack_latency_ms['p99']:,.2f} ms,"
-        f" lost {result.counts['lost']:,}, duplicated {result.counts['duplicated']:,}"
+        f"acked {result.throughput.acked_msgs_per_s:,.1f} msg/s, deliveries"
+        f" {result.throughput.deliveries_per_s:,.1f}/s, delivery p50 {result.delivery_latency_ms.p50:,.2f} ms"
+        f" p99 {result.delivery_latency_ms.p99:,.2f} ms, ack p99 {result.ack_latency_ms.p99:,.2f} ms,"
+        f" lost {result.counts.lost:,}, duplicated {result.counts.duplicated:,}"
     )
 
 
@@ -232,11 +238,7 @@ def _server(args: argparse.Namespace) -> target.Target:
 
 
 def run_stress(args: argparse.Namespace, command: str) -> int:
-    server = (
-        target.external(args.url, args.pid, args.also_url)
-        if args.url
-        else target.start_ours(args.mode, database=args.database)
-    )
+    server = _server(args)
     try:
         base = scenarios.by_name(args.shape, members=args.members, polling_share=args.polling_share)
         ramp = stress.ramp(
@@ -263,11 +265,11 @@ def run_stress(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
-def print_step(step: dict[str, Any]) -> None:
+def print_step(step: Step) -> None:
     print(
-        f"  {report.rate_text(step['rate']):>8} msg/s offered: acked {step['acked_msgs_per_s']:>10,.0f}/s, deliveries"
-        f" {step['deliveries_per_s']:>11,.0f}/s, p99 {step['p99_ms']:>9,.1f} ms, CPU server"
-        f" {step['server_cpu_percent']:>3,.0f}% client {step['client_cpu_percent']:>3,.0f}%: {step['why']}",
+        f"  {report.rate_text(step.rate):>8} msg/s offered: acked {step.acked_msgs_per_s:>10,.0f}/s, deliveries"
+        f" {step.deliveries_per_s:>11,.0f}/s, p99 {step.p99_ms:>9,.1f} ms, CPU server"
+        f" {step.server_cpu_percent:>3,.0f}% client {step.client_cpu_percent:>3,.0f}%: {step.why}",
         flush=True,
     )
 
@@ -275,7 +277,7 @@ def print_step(step: dict[str, Any]) -> None:
 def run_peers(args: argparse.Namespace, command: str) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     results: list[Result] = []
-    ramps: list[dict[str, Any]] = []
+    ramps: list[Ramp] = []
     skipped: list[str] = []
     for name in args.only or TARGETS:
         try:
@@ -340,7 +342,7 @@ def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def stress_record(ramps: list[dict[str, Any]], command: str) -> StressRecord:
+def stress_record(ramps: list[Ramp], command: str) -> StressRecord:
     return StressRecord(
         command=command,
         git_commit=git_commit(),

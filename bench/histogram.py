@@ -7,10 +7,12 @@ from array import array
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from bench.result import Percentiles
+
 LOWEST_US = 1
 HIGHEST_US = 120_000_000  # two minutes: anything slower is a failure, not a latency
 SIGNIFICANT_DIGITS = 3
-PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)  # Percentiles' fields, max aside
 
 
 class Histogram:
@@ -68,7 +70,6 @@ class Histogram:
     def max_ms(self) -> float:
         return self._h.get_max_value() / 1000 if self.count else float("nan")
 
-    def summary_ms(self) -> dict[str, float]:
-        out = {f"p{p:g}": self.percentile_ms(p) for p in PERCENTILES}
-        out["max"] = self.max_ms()
-        return out
+    def summary_ms(self) -> Percentiles:
+        p50, p90, p95, p99, p99_9 = (self.percentile_ms(p) for p in PERCENTILES)
+        return Percentiles(p50=p50, p90=p90, p95=p95, p99=p99, p99_9=p99_9, max=self.max_ms())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -14,7 +13,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from bench import slowreport, stress
-from bench.result import Result
+from bench.result import Percentiles, Ramp, Result
 
 
 def _fmt(value: float) -> str:
@@ -26,13 +25,13 @@ def _fmt(value: float) -> str:
 def plots(result: Result, directory: Path, stem: str) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     made = []
-    t = [row["t"] for row in result.timeline]
+    t = [row.t for row in result.timeline]
     if t:
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.plot(t, [row["sent"] for row in result.timeline], label="sent msgs/s")
-        ax.plot(t, [row["acked"] for row in result.timeline], label="acked msgs/s")
+        ax.plot(t, [row.sent for row in result.timeline], label="sent msgs/s")
+        ax.plot(t, [row.acked for row in result.timeline], label="acked msgs/s")
         ax2 = ax.twinx()
-        ax2.plot(t, [row["delivered"] for row in result.timeline], color="tab:green", label="deliveries/s")
+        ax2.plot(t, [row.delivered for row in result.timeline], color="tab:green", label="deliveries/s")
         ax.set_xlabel("second")
         ax.set_ylabel("messages/s")
         ax2.set_ylabel("deliveries/s")
@@ -40,21 +39,19 @@ def plots(result: Result, directory: Path, stem: str) -> list[Path]:
         ax.set_title(f"{result.scenario} — {result.server['name']}: throughput")
         made.append(_save(fig, directory / f"{stem}-throughput.png"))
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.plot(t, [row["p50_ms"] for row in result.timeline], label="p50")
-        ax.plot(t, [row["p99_ms"] for row in result.timeline], label="p99")
+        ax.plot(t, [row.p50_ms for row in result.timeline], label="p50")
+        ax.plot(t, [row.p99_ms for row in result.timeline], label="p99")
         ax.set_xlabel("second")
         ax.set_ylabel("delivery latency (ms)")
         ax.legend(fontsize=8)
         ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency over time")
         made.append(_save(fig, directory / f"{stem}-latency.png"))
-    lat = result.delivery_latency_ms
-    if lat:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        labels = [k for k in lat if k != "max"] + ["max"]
-        ax.bar(labels, [lat[k] if not math.isnan(lat[k]) else 0 for k in labels])
-        ax.set_ylabel("ms")
-        ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency distribution")
-        made.append(_save(fig, directory / f"{stem}-distribution.png"))
+    lat = result.delivery_latency_ms.by_label()  # p50 to max
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(list(lat), [0 if math.isnan(v) else v for v in lat.values()])
+    ax.set_ylabel("ms")
+    ax.set_title(f"{result.scenario} — {result.server['name']}: delivery latency distribution")
+    made.append(_save(fig, directory / f"{stem}-distribution.png"))
     if result.server_resources:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         ts = [s["t"] for s in result.server_resources]
@@ -99,18 +96,18 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def stress_plot(ramps: list[dict[str, Any]], path: Path) -> Path:
+def stress_plot(ramps: list[Ramp], path: Path) -> Path:
     """Per target: deliveries/s achieved and delivery p99 against the offered rate, one point per ramp step."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for ramp in ramps:
-        steps = sorted(ramp["steps"], key=lambda s: s["rate"])
-        rates = [s["rate"] for s in steps]
-        line = left.plot(rates, [s["deliveries_per_s"] for s in steps], marker="o", label=ramp["target"])
-        right.plot(rates, [s["p99_ms"] for s in steps], marker="o", color=line[0].get_color())
-        failed = [s for s in steps if not s["ok"]]
-        right.plot([s["rate"] for s in failed], [s["p99_ms"] for s in failed], "x", color="red", markersize=10)
-    bound = ramps[0]["p99_bound_ms"] if ramps else 100
+        steps = sorted(ramp.steps, key=lambda s: s.rate)
+        rates = [s.rate for s in steps]
+        line = left.plot(rates, [s.deliveries_per_s for s in steps], marker="o", label=ramp.target)
+        right.plot(rates, [s.p99_ms for s in steps], marker="o", color=line[0].get_color())
+        failed = [s for s in steps if not s.ok]
+        right.plot([s.rate for s in failed], [s.p99_ms for s in failed], "x", color="red", markersize=10)
+    bound = ramps[0].p99_bound_ms if ramps else 100
     right.axhline(bound, color="grey", linestyle="--", linewidth=1)
     for ax in (left, right):
         ax.set_xscale("log")
@@ -120,7 +117,7 @@ def stress_plot(ramps: list[dict[str, Any]], path: Path) -> Path:
     right.set_yscale("log")
     right.set_ylabel(f"delivery p99 ms (bound {bound:g}, x = failed step)")
     left.legend(fontsize=8)
-    shape = ramps[0].get("shape", "") if ramps else ""
+    shape = ramps[0].shape if ramps else ""
     fig.suptitle(f"stress ramp ({shape} shape)")
     return _save(fig, path)
 
@@ -138,22 +135,22 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         "|---|" + "---|" * len(results),
     ]
     rows: list[tuple[str, Callable[[Result], float]]] = [
-        ("offered msgs/s", lambda r: r.throughput["offered_msgs_per_s"]),
-        ("acked msgs/s", lambda r: r.throughput["acked_msgs_per_s"]),
-        ("deliveries/s", lambda r: r.throughput["deliveries_per_s"]),
-        ("expected deliveries", lambda r: r.counts["expected_deliveries"]),
-        ("delivered", lambda r: r.counts["delivered"]),
-        ("lost", lambda r: r.counts["lost"]),
-        ("duplicated", lambda r: r.counts["duplicated"]),
-        ("out of order", lambda r: r.counts["out_of_order"]),
-        # Old results have no such count; a server that kept up has none.
-        ("delivered, ack not yet back", lambda r: r.counts.get("delivered_unacked", 0)),
-        ("rejected", lambda r: r.counts["rejected"]),
+        ("offered msgs/s", lambda r: r.throughput.offered_msgs_per_s),
+        ("acked msgs/s", lambda r: r.throughput.acked_msgs_per_s),
+        ("deliveries/s", lambda r: r.throughput.deliveries_per_s),
+        ("expected deliveries", lambda r: r.counts.expected_deliveries),
+        ("delivered", lambda r: r.counts.delivered),
+        ("lost", lambda r: r.counts.lost),
+        ("duplicated", lambda r: r.counts.duplicated),
+        ("out of order", lambda r: r.counts.out_of_order),
+        # Old results have no such count (0); a server that kept up has none.
+        ("delivered, ack not yet back", lambda r: r.counts.delivered_unacked),
+        ("rejected", lambda r: r.counts.rejected),
         *[
-            (f"delivery {k} ms", _latency("delivery_latency_ms", k))
+            (f"delivery {k} ms", _latency(lambda r: r.delivery_latency_ms, k))
             for k in ("p50", "p90", "p95", "p99", "p99.9", "max")
         ],
-        *[(f"ack {k} ms", _latency("ack_latency_ms", k)) for k in ("p50", "p99")],
+        *[(f"ack {k} ms", _latency(lambda r: r.ack_latency_ms, k)) for k in ("p50", "p99")],
         ("server CPU % (mean)", lambda r: _mean(r.server_resources, "cpu_percent")),
         ("server CPU % (busiest second)", _peak("cpu_percent")),
         # The load generator's share of its core over the load: next to the server's, so that a reader sees
@@ -181,9 +178,9 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         if stalled:
             lines.append(
                 f"\n- **{r.server['name']}** slow consumers: {stalled} members stopped reading and are left out of"
-                f" the expected deliveries; the rest of the room got {r.counts['delivered']:,} of"
-                f" {r.counts['expected_deliveries']:,} ({r.counts['lost']:,} lost), delivery p99"
-                f" {_fmt(r.delivery_latency_ms.get('p99', float('nan')))} ms"
+                f" the expected deliveries; the rest of the room got {r.counts.delivered:,} of"
+                f" {r.counts.expected_deliveries:,} ({r.counts.lost:,} lost), delivery p99"
+                f" {_fmt(r.delivery_latency_ms.p99)} ms"
             )
         for key in ("mean_batch_size", "mean_commit_ms", "mean_loop_lag_ms", "slow_consumer_disconnects_total"):
             if key in r.server_metrics:
@@ -215,8 +212,8 @@ def headroom(result: Result) -> str:
     return f"CPU: server {_fmt(server)}% of a core at most, load generator {_fmt(client)}% (busiest worker): {verdict}"
 
 
-def _latency(field: str, key: str) -> Callable[[Result], float]:
-    return lambda r: float(getattr(r, field)[key])
+def _latency(distribution: Callable[[Result], Percentiles], label: str) -> Callable[[Result], float]:
+    return lambda r: distribution(r).by_label()[label]
 
 
 def _peak(key: str) -> Callable[[Result], float]:
@@ -231,7 +228,7 @@ def _mean(samples: list[dict[str, float]], key: str) -> float:
 def endurance_summary(result: Result) -> str:
     """RSS growth per minute (least squares over the samples) and p99 drift (first vs last fifth of the run)."""
     samples = result.server_resources
-    rows = [row for row in result.timeline if not math.isnan(row["p99_ms"])]
+    rows = [row for row in result.timeline if not math.isnan(row.p99_ms)]
     if len(samples) < 30 or len(rows) < 30:
         return ""
     n = len(samples)
@@ -241,31 +238,31 @@ def endurance_summary(result: Result) -> str:
     var = sum((s["t"] - mean_t) ** 2 for s in samples) or 1.0
     per_minute = cov / var * 60
     fifth = max(1, len(rows) // 5)
-    first = sorted(r["p99_ms"] for r in rows[:fifth])[fifth // 2]
-    last = sorted(r["p99_ms"] for r in rows[-fifth:])[fifth // 2]
+    first = sorted(r.p99_ms for r in rows[:fifth])[fifth // 2]
+    last = sorted(r.p99_ms for r in rows[-fifth:])[fifth // 2]
     return (
         f"RSS {per_minute:+.2f} MB/min (least squares over {n} samples); per-second p99, median of the first"
         f" fifth {first:.1f} ms, of the last fifth {last:.1f} ms (drift {last - first:+.1f} ms)"
     )
 
 
-def rate_text(rate: Any) -> str:
+def rate_text(rate: float) -> str:
     """Whole messages/s, except the sub-10 rates a ramp reaches when it steps down."""
     return f"{rate:,.0f}" if rate >= 10 else f"{rate:.2f}"
 
 
-def stress_table(ramps: list[dict[str, Any]]) -> str:
+def stress_table(ramps: list[Ramp]) -> str:
     lines = [
         "| target | shape | max sustainable msgs/s | deliveries/s | p99 at max (ms) | server / client CPU % at max"
         " | whose limit | between (offered) | next step failed on |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
-        at_least = "≥ " if stress.lower_bound(r) else ""
+        at_least = "≥ " if r.lower_bound else ""
         lines.append(
-            f"| {r['target']} | {r.get('shape', 'quick')} | {at_least}{r['max_sustainable_msgs_per_s']:,.0f}"
-            f" | {at_least}{r['max_sustainable_deliveries_per_s']:,.0f} | {r['p99_at_max_ms']:,.1f}"
-            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {stress.bracket(r)} | {r['limited_by']} |"
+            f"| {r.target} | {r.shape} | {at_least}{r.max_sustainable_msgs_per_s:,.0f}"
+            f" | {at_least}{r.max_sustainable_deliveries_per_s:,.0f} | {r.p99_at_max_ms:,.1f}"
+            f" | {stress.cpu_at_max(r)} | {stress.ramp_limit(r)} | {stress.bracket(r)} | {r.limited_by} |"
         )
     lines += [
         "",
@@ -275,7 +272,7 @@ def stress_table(ramps: list[dict[str, Any]]) -> str:
         " that failed; after the first failing step the ramp bisects until they are within"
         f" {stress.NARROW_TO:.0%} (at most {stress.MAX_BISECTIONS} steps).",
     ]
-    if any(stress.lower_bound(r) for r in ramps):
+    if any(r.lower_bound for r in ramps):
         lines += [
             "",
             "≥: the ramp ended on a client-bound step (the load generator saturated its core) or ran out of"
@@ -284,7 +281,7 @@ def stress_table(ramps: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def steps_table(ramps: list[dict[str, Any]]) -> str:
+def steps_table(ramps: list[Ramp]) -> str:
     """Every step of every ramp: what was offered, what came back, and the verdict."""
     lines = [
         "| target | offered msgs/s | acked msgs/s | deliveries/s | p50 ms | p99 ms | lost | server CPU % (max)"
@@ -292,15 +289,15 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in ramps:
-        for s in r["steps"]:
+        for s in r.steps:
             lines.append(
-                f"| {r['target']} | {rate_text(s['rate'])} | {s['acked_msgs_per_s']:,.0f}"
-                f" | {s['deliveries_per_s']:,.0f} | {s['p50_ms']:,.1f} | {s['p99_ms']:,.1f} | {s['lost']:,}"
-                f" | {s['server_cpu_percent']:,.0f}"
-                f" | {s['client_cpu_percent']:,.0f} | {s.get('slow_consumer_disconnects', 0):,.0f} | {s['why']}"
+                f"| {r.target} | {rate_text(s.rate)} | {s.acked_msgs_per_s:,.0f}"
+                f" | {s.deliveries_per_s:,.0f} | {s.p50_ms:,.1f} | {s.p99_ms:,.1f} | {s.lost:,}"
+                f" | {s.server_cpu_percent:,.0f}"
+                f" | {s.client_cpu_percent:,.0f} | {s.slow_consumer_disconnects:,.0f} | {s.why}"
                 f" | {stress.step_limit(s)} |"
             )
-    crossed = [(r, s) for r in ramps for s in r["steps"] if "cross_p99_ms" in s]
+    crossed = [(r, s) for r in ramps for s in r.steps if not math.isnan(s.cross_p99_ms)]
     if crossed:
         lines += [
             "",
@@ -309,16 +306,14 @@ def steps_table(ramps: list[dict[str, Any]]) -> str:
         ]
         lines += ["| target | offered msgs/s | cross-process p50 ms | cross-process p99 ms |", "|---|---|---|---|"]
         for r, s in crossed:
-            lines.append(
-                f"| {r['target']} | {rate_text(s['rate'])} | {s['cross_p50_ms']:,.1f} | {s['cross_p99_ms']:,.1f} |"
-            )
+            lines.append(f"| {r.target} | {rate_text(s.rate)} | {s.cross_p50_ms:,.1f} | {s.cross_p99_ms:,.1f} |")
     return "\n".join(lines)
 
 
-def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:
+def ratio_table(results: list[Result], ramps: list[Ramp]) -> str:
     ours = [r for r in results if r.server["name"].startswith("minitalk-trio")]
     peers = [r for r in results if not r.server["name"].startswith("minitalk-trio")]
-    by_name = {str(r["target"]): r for r in ramps}
+    by_name = {r.target: r for r in ramps}
     lines = [
         "| ours | peer | max msgs/s | max deliveries/s | p99 at the scenario's load (peer / ours) |",
         "|---|---|---|---|---|",
@@ -326,24 +321,18 @@ def ratio_table(results: list[Result], ramps: list[dict[str, Any]]) -> str:
     for o in ours:
         for p in peers:
             ro, rp = by_name.get(o.server["name"]), by_name.get(p.server["name"])
-            msgs = _ratio(ro, rp, "max_sustainable_msgs_per_s")
-            dels = _ratio(ro, rp, "max_sustainable_deliveries_per_s")
-            p99 = (
-                p.delivery_latency_ms["p99"] / o.delivery_latency_ms["p99"]
-                if o.delivery_latency_ms["p99"]
-                else float("nan")
-            )
+            msgs = _ratio(ro, rp, lambda r: r.max_sustainable_msgs_per_s)
+            dels = _ratio(ro, rp, lambda r: r.max_sustainable_deliveries_per_s)
+            p99 = p.delivery_latency_ms.p99 / o.delivery_latency_ms.p99 if o.delivery_latency_ms.p99 else float("nan")
             lines.append(f"| {o.server['name']} | {p.server['name']} | {msgs} | {dels} | {p99:,.1f}x |")
     return "\n".join(lines)
 
 
-def _ratio(ours: dict[str, Any] | None, peer: dict[str, Any] | None, key: str) -> str:
-    if not ours or not peer:
+def _ratio(ours: Ramp | None, peer: Ramp | None, maximum: Callable[[Ramp], float]) -> str:
+    if ours is None or peer is None:
         return "(run with --stress)"
-    a, b = float(ours[key]), float(peer[key])
+    a, b = maximum(ours), maximum(peer)
     # A lower-bound maximum (client-bound, or out of steps): ours only → the ratio is at least this; the peer's →
     # at most; both → neither.
-    bound = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "~ "}.get(
-        (stress.lower_bound(ours), stress.lower_bound(peer)), ""
-    )
+    bound = {(True, False): "≥ ", (False, True): "≤ ", (True, True): "~ "}.get((ours.lower_bound, peer.lower_bound), "")
     return f"{bound}{a / b:,.1f}x" if b else "∞ (peer sustained none)"

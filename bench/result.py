@@ -19,6 +19,65 @@ SCHEMA = 1
 NAN = float("nan")
 
 
+class Percentiles(msgspec.Struct, kw_only=True):
+    """A latency distribution in ms (``Histogram.summary_ms``). NaN: no sample, as an empty histogram says; older
+    records wrote ``{}`` for a run without such deliveries (no cluster, no slow readers), which reads the same."""
+
+    p50: float = NAN
+    p90: float = NAN
+    p95: float = NAN
+    p99: float = NAN
+    p99_9: float = msgspec.field(default=NAN, name="p99.9")
+    max: float = NAN
+
+    def by_label(self) -> dict[str, float]:
+        """Each percentile by its name in the records, p50 to max."""
+        return {
+            "p50": self.p50,
+            "p90": self.p90,
+            "p95": self.p95,
+            "p99": self.p99,
+            "p99.9": self.p99_9,
+            "max": self.max,
+        }
+
+
+class Counts(msgspec.Struct, kw_only=True):
+    """What happened to a run's messages (bench/accounting.py settles the deliveries)."""
+
+    offered: int  # the schedule's messages over the load
+    sent: int
+    acked: int
+    rejected: int
+    expected_deliveries: int  # each accepted message once to each member of its room that reads
+    delivered: int
+    lost: int
+    duplicated: int
+    out_of_order: int
+    delivered_unacked: int = 0  # delivered, but the sender's ack never came back; 0 in records before the field
+
+
+class Throughput(msgspec.Struct, kw_only=True):
+    """A run's rates: its counts over the load's duration, per second."""
+
+    offered_msgs_per_s: float
+    sent_msgs_per_s: float
+    acked_msgs_per_s: float
+    deliveries_per_s: float
+
+
+class Second(msgspec.Struct, kw_only=True):
+    """One second of a run's timeline, every load worker's together; latencies of that second's deliveries."""
+
+    t: int  # seconds since the load started, at the second's end
+    sent: int
+    acked: int
+    delivered: int
+    p50_ms: float  # NaN: no delivery that second
+    p99_ms: float
+    slow_p99_ms: float = NAN  # the slow-readers scenario's slow members (NaN: no delivery to them that second)
+
+
 class SlowMember(msgspec.Struct, frozen=True, kw_only=True):
     """One slow reader of the slow-readers scenario, settled (bench/slowreport.py). NaN times: never."""
 
@@ -49,7 +108,8 @@ class SlowPhases(msgspec.Struct, kw_only=True):
     other_members: int = 0
     slow_totals: dict[str, int] = {}  # expected, delivered, lost, duplicated, out_of_order, disconnects
     other_totals: dict[str, int] = {}  # the same for the members that read at full speed
-    slow_latency_ms: dict[str, float] = {}  # the slow members' deliveries (delivery_latency_ms: the others')
+    # The slow members' deliveries (delivery_latency_ms: the others')
+    slow_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
     rss_mb: dict[str, float] = {}  # start, max_slow, max_after, end
     commit_p99_ms: dict[str, float] = {}  # slow (the slow phase), after (the rest of the run), run
     # Seconds (since the start) in which our server counted slow-consumer disconnects, as /metrics said each second
@@ -66,13 +126,14 @@ class Result(msgspec.Struct, kw_only=True):
     git_commit: str
     machine: dict[str, Any]
     started_at: str
-    counts: dict[str, int]
-    throughput: dict[str, float]
-    delivery_latency_ms: dict[str, float]
-    # A cluster (several target URLs): the deliveries of messages sent through another process than the member's.
-    cross_latency_ms: dict[str, float] = {}
-    ack_latency_ms: dict[str, float]
-    timeline: list[dict[str, float]]
+    counts: Counts
+    throughput: Throughput
+    delivery_latency_ms: Percentiles
+    # A cluster (several target URLs): the deliveries of messages sent through another process than the member's
+    # (NaN: a single process).
+    cross_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
+    ack_latency_ms: Percentiles
+    timeline: list[Second]
     server_resources: list[dict[str, float]]
     server_metrics: dict[str, float]
     client_cpu_percent: list[float]
@@ -100,12 +161,62 @@ class _Record(msgspec.Struct, kw_only=True):
         return _write_json(path, self)
 
 
+class Step(msgspec.Struct, kw_only=True):
+    """One step of a stress ramp: a complete run at one offered rate, and its verdict (bench/stress.py)."""
+
+    rate: float  # offered msgs/s
+    ok: bool  # sustainable: nothing lost or duplicated, the server kept up, p99 within the bound
+    why: str  # "ok", "ok (client-bound)", "client-bound" or what failed
+    acked_msgs_per_s: float
+    deliveries_per_s: float
+    p50_ms: float  # delivery latency
+    p99_ms: float
+    lost: int
+    slow_consumer_disconnects: float  # our server's counter over the step (0 for the peers)
+    server_cpu_percent: float  # the server's busiest second, % of one core
+    client_cpu_percent: float  # the busiest load worker over the load, % of its core
+    errors: int
+    limit: str = ""  # whose limit (bench.stress.step_limit); "" in records written before the field
+    # A cluster: the delivery latency of messages that crossed to another process (NaN: not a cluster). Records
+    # written before these fields left them out for a single process.
+    cross_p50_ms: float = NAN
+    cross_p99_ms: float = NAN
+
+
+class Ramp(msgspec.Struct, kw_only=True):
+    """One target's stress ramp: its steps and the maximum sustainable rate they found (bench/stress.py).
+
+    Fields added after the first records have defaults (NaN: unknown); ``lower_bound`` is required, and
+    ``load_any`` infers it for the records written before it."""
+
+    target: str
+    server: dict[str, Any] = {}  # the target's settings (Target.description())
+    factor: float = NAN  # the offered rate's factor from step to step
+    step_s: float = NAN  # seconds of load per step
+    shape: str  # the scenario whose rooms and senders the ramp scales
+    p99_bound_ms: float
+    steps: list[Step]
+    max_sustainable_msgs_per_s: float  # acked, at the fastest step that passed (0: none passed)
+    max_sustainable_deliveries_per_s: float
+    p99_at_max_ms: float  # NaN: no step passed
+    client_bound: bool  # the slowest failing step above the maximum failed on the load generator's core
+    # The server never failed a step (client-bound, or out of steps): the maximum is at least what it found.
+    lower_bound: bool
+    limited_by: str  # "<rate> msg/s: <why>" of that failing step, or "stopped after N steps"
+    # Offered msgs/s: the fastest step that passed and the slowest that failed above it ([] if either is
+    # missing); the server's maximum lies between them. ``bisections``: the steps spent narrowing it.
+    bracket: list[float] = []
+    bisections: int = 0
+    limit: str = ""  # whose limit ended the ramp (bench.stress.ramp_limit); "" in older records
+    server_cpu_at_max: float = NAN  # the fastest passing step's, % of one core
+    client_cpu_at_max: float = NAN
+
+
 class StressRecord(_Record, kw_only=True):
     """The versioned result of stress ramps (``run stress``, ``peers --stress``): one ramp per target."""
 
     kind: str = "stress"
-    # Each: target, server (its settings), shape, p99_bound_ms, steps, max_sustainable_*, limited_by, ...
-    ramps: list[dict[str, Any]] = []
+    ramps: list[Ramp] = []
 
 
 class Repeats(_Record, kw_only=True):
@@ -128,12 +239,23 @@ def load_any(path: Path) -> Result | StressRecord | Repeats:
     repeats. Raises OSError (unreadable), msgspec.DecodeError (not JSON), msgspec.ValidationError (not a record)."""
     raw = _read_json(path)
     if isinstance(raw, list):
-        return msgspec.convert({"ramps": raw}, type=StressRecord)
+        raw = {"kind": "stress", "ramps": raw}
     if isinstance(raw, dict) and raw.get("kind") == "stress":
+        if isinstance(raw.get("ramps"), list):
+            raw["ramps"] = [_with_lower_bound(r) for r in raw["ramps"]]
         return msgspec.convert(raw, type=StressRecord)
     if isinstance(raw, dict) and raw.get("kind") == "repeats":
         return msgspec.convert(raw, type=Repeats)
     return msgspec.convert(raw, type=Result)
+
+
+def _with_lower_bound(ramp: Any) -> Any:
+    """A ramp written before ``lower_bound``: its maximum is a lower bound when it was client-bound or ran out of
+    steps (what its ``limited_by`` says). Anything but an object is left to the decoder to refuse."""
+    if not isinstance(ramp, dict) or "lower_bound" in ramp:
+        return ramp
+    out_of_steps = str(ramp.get("limited_by", "")).startswith("stopped after")
+    return ramp | {"lower_bound": bool(ramp.get("client_bound")) or out_of_steps}
 
 
 def load(path: Path) -> Result:

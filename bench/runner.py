@@ -19,7 +19,7 @@ import msgspec
 from bench import slowreport, worker
 from bench.accounting import settle
 from bench.histogram import Histogram
-from bench.result import Result, git_commit, machine
+from bench.result import Counts, Result, Second, Throughput, git_commit, machine
 from bench.scenarios import Scenario
 from bench.target import Sampler, Target, check_loopback, histogram_means, server_cores
 
@@ -396,26 +396,26 @@ def _result(
         git_commit=git_commit(),
         machine=machine(),
         started_at=started_at,
-        counts={
-            "offered": scenario.scheduled_messages(),
-            "sent": sent,
-            "acked": acked,
-            "rejected": sum(r.rejected for r in reports),
-            "expected_deliveries": totals.expected,
-            "delivered": totals.delivered,
-            "lost": totals.lost,
-            "duplicated": totals.duplicated,
-            "out_of_order": totals.out_of_order,
-            "delivered_unacked": totals.unacked,
-        },
-        throughput={
-            "offered_msgs_per_s": round(scenario.offered_rate, 1),
-            "sent_msgs_per_s": round(sent / duration, 1),
-            "acked_msgs_per_s": round(acked / duration, 1),
-            "deliveries_per_s": round(totals.delivered / duration, 1),
-        },
+        counts=Counts(
+            offered=scenario.scheduled_messages(),
+            sent=sent,
+            acked=acked,
+            rejected=sum(r.rejected for r in reports),
+            expected_deliveries=totals.expected,
+            delivered=totals.delivered,
+            lost=totals.lost,
+            duplicated=totals.duplicated,
+            out_of_order=totals.out_of_order,
+            delivered_unacked=totals.unacked,
+        ),
+        throughput=Throughput(
+            offered_msgs_per_s=round(scenario.offered_rate, 1),
+            sent_msgs_per_s=round(sent / duration, 1),
+            acked_msgs_per_s=round(acked / duration, 1),
+            deliveries_per_s=round(totals.delivered / duration, 1),
+        ),
         delivery_latency_ms=delivery.summary_ms(),
-        cross_latency_ms=cross.summary_ms() if cross.count else {},
+        cross_latency_ms=cross.summary_ms(),  # NaN when no message crossed: a single process
         ack_latency_ms=ack.summary_ms(),
         timeline=_timeline(reports),
         server_resources=sampler.samples,
@@ -433,7 +433,7 @@ def _result(
     return result
 
 
-def _timeline(reports: list[worker.WorkerReport]) -> list[dict[str, float]]:
+def _timeline(reports: list[worker.WorkerReport]) -> list[Second]:
     seconds = max((len(r.timeline) for r in reports), default=0)
     rows = []
     for i in range(seconds):
@@ -446,13 +446,15 @@ def _timeline(reports: list[worker.WorkerReport]) -> list[dict[str, float]]:
                 hist.add(Histogram.decode(encoded))
             if i < len(r.slow_timeline):
                 slow.add(Histogram.decode(r.slow_timeline[i]))
-        row = {
-            "t": i + 1,
-            "sent": sent,
-            "acked": acked,
-            "delivered": delivered,
-            "p50_ms": hist.percentile_ms(50),
-            "p99_ms": hist.percentile_ms(99),
-        }
-        rows.append(row | ({"slow_p99_ms": slow.percentile_ms(99)} if slow.count else {}))
+        rows.append(
+            Second(
+                t=i + 1,
+                sent=sent,
+                acked=acked,
+                delivered=delivered,
+                p50_ms=hist.percentile_ms(50),
+                p99_ms=hist.percentile_ms(99),
+                slow_p99_ms=slow.percentile_ms(99),
+            )
+        )
     return rows

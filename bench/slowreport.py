@@ -272,7 +272,7 @@ def _t(r: Result) -> dict[str, int]:
 
 
 def _slow_ms(r: Result, key: str) -> str:
-    return _na(r.slow_phases.slow_latency_ms.get(key, math.nan), 0)
+    return _na(r.slow_phases.slow_latency_ms.by_label()[key], 0)
 
 
 def _na(value: float, digits: int = 2) -> str:
@@ -302,7 +302,7 @@ _ROWS: list[tuple[str, Any]] = [
     ("full-speed members: duplicated", _total("other", "duplicated")),
     ("full-speed members: out of order", _total("other", "out_of_order")),
     ("full-speed members: disconnects", _total("other", "disconnects")),
-    ("full-speed members: delivery p99 ms", lambda r: _f(r.delivery_latency_ms.get("p99", math.nan))),
+    ("full-speed members: delivery p99 ms", lambda r: _f(r.delivery_latency_ms.p99)),
     ("server RSS MB: start", _rss("start")),
     ("server RSS MB: max in the slow phase", _rss("max_slow")),
     ("server RSS MB: max after it", _rss("max_after")),
@@ -338,9 +338,9 @@ def plot(result: Result, path: Path) -> Path:
     """Delivery p99 per second (slow members, the rest), server RSS, and commit p99 per second (ours)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (lat, rss, commit) = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
-    t = [row["t"] for row in result.timeline]
-    lat.plot(t, [row.get("slow_p99_ms", math.nan) for row in result.timeline], label="slow members p99")
-    lat.plot(t, [row["p99_ms"] for row in result.timeline], label="full-speed members p99")
+    t = [row.t for row in result.timeline]
+    lat.plot(t, [row.slow_p99_ms for row in result.timeline], label="slow members p99")
+    lat.plot(t, [row.p99_ms for row in result.timeline], label="full-speed members p99")
     lat.set_yscale("log")
     lat.set_ylabel("delivery ms")
     lat.legend(fontsize=8)

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import msgspec
 
 from bench import runner
-from bench.result import Result
+from bench.result import Ramp, Result, Step
 from bench.scenarios import Scenario, Send
 from bench.target import Target
 
@@ -68,11 +67,11 @@ def first_rate(base: Scenario, deliveries_per_s: float = START_DELIVERIES_PER_S)
 
 
 def sustainable(result: Result, p99_bound_ms: float) -> tuple[bool, str]:
-    counts, p99 = result.counts, result.delivery_latency_ms["p99"]
-    if counts["lost"] or counts["duplicated"]:
-        return False, f"{counts['lost']} lost, {counts['duplicated']} duplicated"
+    counts, p99 = result.counts, result.delivery_latency_ms.p99
+    if counts.lost or counts.duplicated:
+        return False, f"{counts.lost} lost, {counts.duplicated} duplicated"
     why = ""
-    if counts["acked"] < KEEP_UP * counts["offered"]:  # counts: at low rates the schedule floors per stream
+    if counts.acked < KEEP_UP * counts.offered:  # counts: at low rates the schedule floors per stream
         why = "fell behind the offered rate"
     elif not p99 <= p99_bound_ms:
         why = f"p99 {p99:,.0f} ms > {p99_bound_ms:g} ms"
@@ -101,40 +100,22 @@ def ramp(
     p99_bound_ms: float = 100,
     max_steps: int = MAX_STEPS,
     narrow_to: float = NARROW_TO,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+    on_step: Callable[[Step], None] | None = None,
+) -> Ramp:
     """Climb by ``factor`` until a step fails (or step down from a first one that fails), then bisect between the
     fastest passing and the slowest failing rate until they are within ``narrow_to`` of each other (0: do not)."""
-    steps: list[dict[str, Any]] = []
+    steps: list[Step] = []
     passed: dict[float, Result] = {}  # offered rate → the result of a step that passed
 
     def step_at(rate: float) -> bool:
         result = runner.run(scaled(base, rate, step_s), target)
-        ok, why = sustainable(result, p99_bound_ms)
-        step = {
-            "rate": round(rate, 2),
-            "ok": ok,
-            "why": why,
-            "acked_msgs_per_s": result.throughput["acked_msgs_per_s"],
-            "deliveries_per_s": result.throughput["deliveries_per_s"],
-            "p50_ms": result.delivery_latency_ms["p50"],
-            "p99_ms": result.delivery_latency_ms["p99"],
-            "lost": result.counts["lost"],
-            "slow_consumer_disconnects": result.server_metrics.get("slow_consumer_disconnects_total", 0.0),
-            "server_cpu_percent": _server_cpu(result),
-            "client_cpu_percent": max(result.client_cpu_percent, default=0.0),
-            "errors": len(result.errors),
-        }
-        step["limit"] = step_limit(step)
-        if result.cross_latency_ms:  # a cluster: messages that crossed to another process
-            step["cross_p50_ms"] = result.cross_latency_ms["p50"]
-            step["cross_p99_ms"] = result.cross_latency_ms["p99"]
+        step = _step(result, rate, p99_bound_ms)
         steps.append(step)
         if on_step:
             on_step(step)
-        if ok:
+        if step.ok:
             passed[rate] = result
-        return ok
+        return step.ok
 
     rate = start or first_rate(base)
     lo = hi = 0.0  # the fastest rate that passed, the slowest that failed above it (0: none yet)
@@ -160,91 +141,101 @@ def ramp(
         else:
             hi = mid
     best = passed.get(lo)
-    failed = next((s for s in reversed(steps) if not s["ok"] and s["rate"] == round(hi, 2)), None) if hi else None
-    out = {
-        "target": target.name,
-        "server": target.description(),
-        "factor": factor,
-        "step_s": step_s,
-        "shape": base.name,
-        "p99_bound_ms": p99_bound_ms,
-        "steps": steps,
-        "max_sustainable_msgs_per_s": best.throughput["acked_msgs_per_s"] if best else 0.0,
-        "max_sustainable_deliveries_per_s": best.throughput["deliveries_per_s"] if best else 0.0,
-        "p99_at_max_ms": best.delivery_latency_ms["p99"] if best else float("nan"),
-        "client_bound": failed is not None and failed["why"] == CLIENT_BOUND,
+    failed = next((s for s in reversed(steps) if not s.ok and s.rate == round(hi, 2)), None) if hi else None
+    out = Ramp(
+        target=target.name,
+        server=target.description(),
+        factor=factor,
+        step_s=step_s,
+        shape=base.name,
+        p99_bound_ms=p99_bound_ms,
+        steps=steps,
+        max_sustainable_msgs_per_s=best.throughput.acked_msgs_per_s if best else 0.0,
+        max_sustainable_deliveries_per_s=best.throughput.deliveries_per_s if best else 0.0,
+        p99_at_max_ms=best.delivery_latency_ms.p99 if best else float("nan"),
+        client_bound=failed is not None and failed.why == CLIENT_BOUND,
         # The server never failed a step: the maximum is at least what it found (a "≥" in tables and ratios).
-        "lower_bound": failed is None or failed["why"] == CLIENT_BOUND,
-        "limited_by": (
-            f"{failed['rate']:,.0f} msg/s: {failed['why']}"
-            if failed is not None
-            else f"stopped after {max_steps} steps"
+        lower_bound=failed is None or failed.why == CLIENT_BOUND,
+        limited_by=(
+            f"{failed.rate:,.0f} msg/s: {failed.why}" if failed is not None else f"stopped after {max_steps} steps"
         ),
-        # Offered msg/s: the fastest step that passed and the slowest that failed above it ([] if either is
-        # missing); the server's maximum lies between them. ``bisections``: the steps spent narrowing it.
-        "bracket": [round(lo, 2), round(hi, 2)] if lo and hi else [],
-        "bisections": bisections,
-    }
+        bracket=[round(lo, 2), round(hi, 2)] if lo and hi else [],
+        bisections=bisections,
+    )
     best_step = at_max(out)
-    out["limit"] = ramp_limit(out)
-    out["server_cpu_at_max"] = best_step["server_cpu_percent"] if best_step else float("nan")
-    out["client_cpu_at_max"] = best_step["client_cpu_percent"] if best_step else float("nan")
+    out.limit = ramp_limit(out)
+    out.server_cpu_at_max = best_step.server_cpu_percent if best_step else float("nan")
+    out.client_cpu_at_max = best_step.client_cpu_percent if best_step else float("nan")
     return out
 
 
-def bracket(ramp: dict[str, Any]) -> str:
+def _step(result: Result, rate: float, p99_bound_ms: float) -> Step:
+    """The record of one step: what it offered, what came back, the verdict and whose limit it was."""
+    ok, why = sustainable(result, p99_bound_ms)
+    step = Step(
+        rate=round(rate, 2),
+        ok=ok,
+        why=why,
+        acked_msgs_per_s=result.throughput.acked_msgs_per_s,
+        deliveries_per_s=result.throughput.deliveries_per_s,
+        p50_ms=result.delivery_latency_ms.p50,
+        p99_ms=result.delivery_latency_ms.p99,
+        lost=result.counts.lost,
+        slow_consumer_disconnects=result.server_metrics.get("slow_consumer_disconnects_total", 0.0),
+        server_cpu_percent=_server_cpu(result),
+        client_cpu_percent=max(result.client_cpu_percent, default=0.0),
+        errors=len(result.errors),
+        cross_p50_ms=result.cross_latency_ms.p50,  # a cluster: messages that crossed to another process
+        cross_p99_ms=result.cross_latency_ms.p99,
+    )
+    step.limit = step_limit(step)
+    return step
+
+
+def bracket(ramp: Ramp) -> str:
     """The offered rates the maximum lies between, "lo to hi msg/s (+x%)", from the steps (older records too)."""
     best = at_max(ramp)
     if best is None:
         return "below every step"
-    lo = float(best["rate"])
-    above = [float(s["rate"]) for s in ramp.get("steps", []) if not s.get("ok") and float(s["rate"]) > lo]
+    above = [s.rate for s in ramp.steps if not s.ok and s.rate > best.rate]
     if not above:
-        return f"≥ {lo:,.0f} msg/s (no step above failed)"
+        return f"≥ {best.rate:,.0f} msg/s (no step above failed)"
     hi = min(above)
-    return f"{lo:,.0f} to {hi:,.0f} msg/s (+{hi / lo - 1:.0%})"
+    return f"{best.rate:,.0f} to {hi:,.0f} msg/s (+{hi / best.rate - 1:.0%})"
 
 
-def step_limit(step: dict[str, Any]) -> str:
+def step_limit(step: Step) -> str:
     """Whose limit a step reached: "none" (it passed; "none (client saturated)" if the client was at its core
     anyway), "client" (the verdict client-bound), "server and client" (both saturated) or "server"."""
-    why = str(step.get("why", ""))
-    if step.get("ok"):
-        return "none (client saturated)" if why.endswith("(client-bound)") else "none"
-    if why == CLIENT_BOUND:
+    if step.ok:
+        return "none (client saturated)" if step.why.endswith("(client-bound)") else "none"
+    if step.why == CLIENT_BOUND:
         return "client"
-    if why.endswith("(server and client saturated)"):
+    if step.why.endswith("(server and client saturated)"):
         return "server and client"
     return "server"
 
 
-def at_max(ramp: dict[str, Any]) -> dict[str, Any] | None:
+def at_max(ramp: Ramp) -> Step | None:
     """The step the ramp's maximum comes from: the fastest that passed (None if none did)."""
-    passed = [s for s in ramp.get("steps", []) if s.get("ok")]
-    return max(passed, key=lambda s: float(s["rate"])) if passed else None
+    passed = [s for s in ramp.steps if s.ok]
+    return max(passed, key=lambda s: s.rate) if passed else None
 
 
-def ramp_limit(ramp: dict[str, Any]) -> str:
+def ramp_limit(ramp: Ramp) -> str:
     """Whose limit ended the ramp: that of the slowest failing step above its maximum (older records too), or
     "none (out of steps)" when no step above it failed."""
     best = at_max(ramp)
-    floor = float(best["rate"]) if best else 0.0
-    above = [s for s in ramp.get("steps", []) if not s.get("ok") and float(s["rate"]) > floor]
+    floor = best.rate if best else 0.0
+    above = [s for s in ramp.steps if not s.ok and s.rate > floor]
     if not above:
         return "none (out of steps)" if best else "server"
-    return step_limit(min(above, key=lambda s: float(s["rate"])))
+    return step_limit(min(above, key=lambda s: s.rate))
 
 
-def cpu_at_max(ramp: dict[str, Any]) -> str:
+def cpu_at_max(ramp: Ramp) -> str:
     """The server's and the client's CPU % (of one core) at the maximum, "server / client"; n/a without one."""
     best = at_max(ramp)
     if best is None:
         return "n/a"
-    return f"{float(best['server_cpu_percent']):,.0f} / {float(best['client_cpu_percent']):,.0f}"
-
-
-def lower_bound(ramp: dict[str, Any]) -> bool:
-    """Whether a ramp's maximum is only a lower bound of the server's (records before the field: inferred)."""
-    if "lower_bound" in ramp:
-        return bool(ramp["lower_bound"])
-    return bool(ramp.get("client_bound")) or str(ramp.get("limited_by", "")).startswith("stopped after")
+    return f"{best.server_cpu_percent:,.0f} / {best.client_cpu_percent:,.0f}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -14,7 +13,7 @@ from bench import __main__ as cli
 from bench import commands, report, scenarios
 from bench.compare import compare_stress
 from bench.peers import launch
-from bench.result import Result, StressRecord, load_any
+from bench.result import Counts, Ramp, Result, Step, StressRecord, Throughput, load_any
 from bench.runner import plan_workers
 from bench.target import Target, TargetError
 from tests.server_process import ROOT
@@ -22,36 +21,56 @@ from tests.server_process import ROOT
 COMMITTED_RAMPS = ROOT / "docs" / "bench" / "20261123T092331-peers-quick-stress.json"
 
 
-def _ramp(target: str, msgs: float, deliveries: float, *, client_bound: bool = False) -> dict[str, Any]:
-    return {
-        "target": target,
-        "shape": "quick",
-        "steps": [],
-        "p99_bound_ms": 100.0,
-        "p99_at_max_ms": 12.0,
-        "max_sustainable_msgs_per_s": msgs,
-        "max_sustainable_deliveries_per_s": deliveries,
-        "client_bound": client_bound,
-        "limited_by": "",
-    }
+def _ramp(target: str, msgs: float, deliveries: float, *, client_bound: bool = False) -> Ramp:
+    return Ramp(
+        target=target,
+        shape="quick",
+        steps=[],
+        p99_bound_ms=100.0,
+        p99_at_max_ms=12.0,
+        max_sustainable_msgs_per_s=msgs,
+        max_sustainable_deliveries_per_s=deliveries,
+        client_bound=client_bound,
+        lower_bound=client_bound,
+        limited_by="",
+    )
 
 
-def _record(*ramps: dict[str, Any]) -> StressRecord:
+def _step(rate: float, ok: bool, why: str, server_cpu: float, client_cpu: float) -> Step:
+    return Step(
+        rate=rate,
+        ok=ok,
+        why=why,
+        acked_msgs_per_s=rate,
+        deliveries_per_s=rate * 6,
+        p50_ms=5.0,
+        p99_ms=10.0,
+        lost=0,
+        slow_consumer_disconnects=0.0,
+        server_cpu_percent=server_cpu,
+        client_cpu_percent=client_cpu,
+        errors=0,
+    )
+
+
+def _record(*ramps: Ramp) -> StressRecord:
     return StressRecord(command="python -m bench peers quick --stress", git_commit="abc", ramps=list(ramps))
 
 
 def test_a_stress_record_round_trips_with_its_schema_and_kind(tmp_path: Path) -> None:
-    path = _record(_ramp("ours", 1000, 6000)).save(tmp_path / "r.json")
+    record = _record(_ramp("ours", 1000.0, 6000.0))
+    path = record.save(tmp_path / "r.json")
     data = json.loads(path.read_text())
     assert data["schema"] == 1 and data["kind"] == "stress" and data["command"].startswith("python -m bench")
     loaded = load_any(path)
-    assert isinstance(loaded, StressRecord) and loaded.ramps[0]["max_sustainable_msgs_per_s"] == 1000
+    assert isinstance(loaded, StressRecord) and loaded.ramps[0].max_sustainable_msgs_per_s == 1000
+    assert msgspec.json.encode(loaded) == msgspec.json.encode(record)  # NaN both sides: null
 
 
 def test_the_early_unversioned_list_of_ramps_still_loads() -> None:
     loaded = load_any(COMMITTED_RAMPS)
     assert isinstance(loaded, StressRecord)
-    assert [r["target"] for r in loaded.ramps][:2] == ["minitalk-trio (durable)", "minitalk-trio (fast)"]
+    assert [r.target for r in loaded.ramps][:2] == ["minitalk-trio (durable)", "minitalk-trio (fast)"]
 
 
 def test_compare_stress_flags_a_lower_maximum_and_a_missing_target() -> None:
@@ -67,12 +86,9 @@ def test_compare_stress_flags_a_lower_maximum_and_a_missing_target() -> None:
 
 
 def test_compare_stress_says_whose_limit_each_maximum_was() -> None:
-    steps = [
-        {"rate": 1000, "ok": True, "why": "ok", "server_cpu_percent": 40.0, "client_cpu_percent": 60.0},
-        {"rate": 1500, "ok": False, "why": "client-bound", "server_cpu_percent": 55.0, "client_cpu_percent": 99.0},
-    ]
+    steps = [_step(1000, True, "ok", 40.0, 60.0), _step(1500, False, "client-bound", 55.0, 99.0)]
     old = _record(_ramp("ours", 1000, 6000))
-    new = _record({**_ramp("ours", 1000, 6000, client_bound=True), "steps": steps})
+    new = _record(msgspec.structs.replace(_ramp("ours", 1000, 6000, client_bound=True), steps=steps))
     table = compare_stress(old, new)[0].splitlines()
     assert [line.split("  ")[0] for line in table[-3:]] == ["ours", "ours", "ours"]
     assert table[-3].endswith("n/a  ->  40 / 60") and "server / client CPU % at max" in table[-3]
@@ -145,6 +161,10 @@ def test_peers_reports_targets_that_cannot_start_and_fails_when_none_ran(
     assert list(tmp_path.iterdir()) == []  # no report pretends to compare anything
 
 
+COUNTS = [f.name for f in msgspec.structs.fields(Counts)]
+THROUGHPUT = [f.name for f in msgspec.structs.fields(Throughput)]
+
+
 def _result(name: str, p99: float) -> Result:
     return msgspec.convert(
         {
@@ -155,8 +175,8 @@ def _result(name: str, p99: float) -> Result:
             "git_commit": "",
             "machine": {},
             "started_at": "",
-            "counts": {},
-            "throughput": {},
+            "counts": dict.fromkeys(COUNTS, 0),
+            "throughput": dict.fromkeys(THROUGHPUT, 0.0),
             "delivery_latency_ms": {"p99": p99},
             "ack_latency_ms": {},
             "timeline": [],

@@ -14,7 +14,7 @@ import pytest
 
 from bench import __main__ as cli
 from bench.compare import FLOORS, MIN_RUNS, WEAK_FLOORS, Row, compare, other_cpu, repeats_table, spread
-from bench.result import Repeats, Result, StressRecord, load_any, reference_ms
+from bench.result import Counts, Percentiles, Repeats, Result, StressRecord, Throughput, load_any, reference_ms
 from bench.target import server_environment
 from tests.server_process import ROOT
 
@@ -42,10 +42,22 @@ def result(
         git_commit="abc1234",
         machine={"cores": 2, "cpu_model": "test"},
         started_at="2026-12-04T23:15:20+00:00",
-        counts={"sent": 29677, "acked": 29677, "lost": lost, "duplicated": duplicated, "out_of_order": 0},
-        throughput={"offered_msgs_per_s": 2970.0, "acked_msgs_per_s": acked, "deliveries_per_s": deliveries},
-        delivery_latency_ms={"p50": p50, "p99": p99},
-        ack_latency_ms={"p50": p50, "p99": p99 if ack_p99 is None else ack_p99},
+        counts=Counts(
+            offered=29700,
+            sent=29677,
+            acked=29677,
+            rejected=0,
+            expected_deliveries=187619,
+            delivered=187619 - lost + duplicated,
+            lost=lost,
+            duplicated=duplicated,
+            out_of_order=0,
+        ),
+        throughput=Throughput(
+            offered_msgs_per_s=2970.0, sent_msgs_per_s=2967.7, acked_msgs_per_s=acked, deliveries_per_s=deliveries
+        ),
+        delivery_latency_ms=Percentiles(p50=p50, p99=p99),
+        ack_latency_ms=Percentiles(p50=p50, p99=p99 if ack_p99 is None else ack_p99),
         timeline=[],
         server_resources=[],
         server_metrics={},
@@ -191,7 +203,7 @@ def test_a_record_of_repeats_round_trips(tmp_path: Path) -> None:
     path = record.save(tmp_path / "r.json")
     assert json.loads(path.read_text())["kind"] == "repeats"
     loaded = load_any(path)
-    assert isinstance(loaded, Repeats) and [r.delivery_latency_ms["p99"] for r in loaded.runs] == [10, 12, 14]
+    assert isinstance(loaded, Repeats) and [r.delivery_latency_ms.p99 for r in loaded.runs] == [10, 12, 14]
 
 
 def test_the_server_environment_a_run_inherits_is_recorded_secrets_hidden() -> None:
@@ -317,7 +329,7 @@ def test_the_committed_baseline_is_a_record_of_quick_repeats() -> None:
     baseline = load_any(ROOT / "bench" / "baseline" / "quick.json")
     assert isinstance(baseline, Repeats) and len(baseline.runs) >= MIN_RUNS
     assert {r.scenario for r in baseline.runs} == {"quick"}
-    assert all(r.counts["lost"] == 0 and r.counts["duplicated"] == 0 for r in baseline.runs)
+    assert all(r.counts.lost == 0 and r.counts.duplicated == 0 for r in baseline.runs)
     assert "--repeat" in baseline.command
 
 
@@ -378,7 +390,7 @@ def test_latency_moved_on_a_busy_machine_is_inconclusive_loss_is_not(tmp_path: P
     old = save_repeats(tmp_path / "quiet.json", quiet)
     done = bench("compare", str(old), str(save_repeats(tmp_path / "crowded.json", crowded)))
     assert done.returncode == 3 and "verdict: inconclusive" in done.stdout, done.stdout + done.stderr
-    crowded[2].counts["lost"] = 1
+    crowded[2].counts.lost = 1
     done = bench("compare", str(old), str(save_repeats(tmp_path / "lossy.json", crowded)))
     assert done.returncode == 1 and "verdict: regressed: delivery p50 ms, lost" in done.stdout
 

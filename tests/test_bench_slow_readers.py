@@ -76,7 +76,7 @@ def test_every_slow_member_is_reported_with_every_field(slow_run: Path) -> None:
     assert set(phases["commit_p99_ms"]) == {"slow", "after", "run"}  # ours has /metrics
     assert phases["verdict"]
     assert any("commit_p99_ms" in s for s in data["server_resources"])
-    assert any("slow_p99_ms" in row for row in data["timeline"])
+    assert any(row["slow_p99_ms"] is not None for row in data["timeline"])  # null: no slow delivery that second
 
 
 def test_the_accounting_adds_up(slow_run: Path) -> None:

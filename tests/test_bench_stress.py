@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from bench.report import _ratio, headroom, steps_table, stress_table
-from bench.result import Result, StressRecord, load_any
+from bench.result import Counts, Percentiles, Ramp, Result, Step, StressRecord, Throughput, load_any
 from bench.scenarios import Scenario, by_name
 from bench.stress import (
     MAX_BISECTIONS,
@@ -16,7 +17,6 @@ from bench.stress import (
     START_DELIVERIES_PER_S,
     cpu_at_max,
     first_rate,
-    lower_bound,
     ramp,
     ramp_limit,
     scaled,
@@ -62,15 +62,44 @@ def _result(
         git_commit="",
         machine={},
         started_at="",
-        counts={"lost": lost, "duplicated": duplicated, "offered": 8000, "acked": round(acked * 8)},
-        throughput={"offered_msgs_per_s": 1000.0, "acked_msgs_per_s": acked},
-        delivery_latency_ms={"p50": p99 / 2, "p99": p99},
-        ack_latency_ms={},
+        counts=Counts(
+            offered=8000,
+            sent=8000,
+            acked=round(acked * 8),
+            rejected=0,
+            expected_deliveries=48000,
+            delivered=48000 - lost,
+            lost=lost,
+            duplicated=duplicated,
+            out_of_order=0,
+        ),
+        throughput=Throughput(
+            offered_msgs_per_s=1000.0, sent_msgs_per_s=1000.0, acked_msgs_per_s=acked, deliveries_per_s=6000.0
+        ),
+        delivery_latency_ms=Percentiles(p50=p99 / 2, p99=p99),
+        ack_latency_ms=Percentiles(),
         timeline=[],
         server_resources=[{"t": 1.0, "cpu_percent": server_cpu, "rss_mb": 50.0}],
         server_metrics={},
         client_cpu_percent=[],
         client_bound=bound,
+    )
+
+
+def _step(*, ok: bool, why: str, rate: float = 1000.0) -> Step:
+    return Step(
+        rate=rate,
+        ok=ok,
+        why=why,
+        acked_msgs_per_s=rate,
+        deliveries_per_s=rate * 6,
+        p50_ms=5.0,
+        p99_ms=10.0,
+        lost=0,
+        slow_consumer_disconnects=0.0,
+        server_cpu_percent=40.0,
+        client_cpu_percent=60.0,
+        errors=0,
     )
 
 
@@ -103,8 +132,8 @@ class _FakeServer:
         rate = scenario.offered_rate
         self.rates.append(rate)
         result = _result(p99=50 if rate <= self.limit else 500)
-        result.throughput["acked_msgs_per_s"] = rate
-        result.throughput["deliveries_per_s"] = scenario.expected_deliveries_per_s
+        result.throughput.acked_msgs_per_s = rate
+        result.throughput.deliveries_per_s = scenario.expected_deliveries_per_s
         return result
 
 
@@ -114,11 +143,11 @@ def test_the_ramp_climbs_until_a_step_fails(monkeypatch: pytest.MonkeyPatch) -> 
     target = Target("t", "http://127.0.0.1:1", pid=None, settings={})
     out = ramp(target, by_name("quick", duration=1), start=1000, narrow_to=0)
     assert fake.rates == pytest.approx([1000, 1500, 2250, 3375])
-    assert out["max_sustainable_msgs_per_s"] == pytest.approx(2250)  # the last step that passed
+    assert out.max_sustainable_msgs_per_s == pytest.approx(2250)  # the last step that passed
     per_message = by_name("quick").expected_deliveries_per_s / by_name("quick").offered_rate
-    assert out["max_sustainable_deliveries_per_s"] == pytest.approx(per_message * 2250)
-    assert out["limited_by"].startswith("3,375 msg/s: p99 500 ms")
-    assert out["bracket"] == [2250, 3375] and out["bisections"] == 0
+    assert out.max_sustainable_deliveries_per_s == pytest.approx(per_message * 2250)
+    assert out.limited_by.startswith("3,375 msg/s: p99 500 ms")
+    assert out.bracket == [2250, 3375] and out.bisections == 0
 
 
 def test_after_the_first_failing_step_the_ramp_bisects_to_within_ten_percent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,11 +160,11 @@ def test_after_the_first_failing_step_the_ramp_bisects_to_within_ten_percent(mon
     middles.append((middles[0] * 3375) ** 0.5)
     middles.append((middles[0] * middles[1]) ** 0.5)
     assert fake.rates == pytest.approx([1000, 1500, 2250, 3375, *middles])
-    assert [s["ok"] for s in out["steps"][3:]] == [False, True, False, True]
-    assert out["bisections"] == 3 and out["bracket"] == pytest.approx([middles[2], middles[1]], abs=0.01)
-    assert out["bracket"][1] / out["bracket"][0] <= 1.10 and out["bracket"][0] <= fake.limit < out["bracket"][1]
-    assert out["max_sustainable_msgs_per_s"] == pytest.approx(middles[2])
-    assert out["limited_by"].startswith("3,050 msg/s: p99 500 ms") and out["limit"] == "server"
+    assert [s.ok for s in out.steps[3:]] == [False, True, False, True]
+    assert out.bisections == 3 and out.bracket == pytest.approx([middles[2], middles[1]], abs=0.01)
+    assert out.bracket[1] / out.bracket[0] <= 1.10 and out.bracket[0] <= fake.limit < out.bracket[1]
+    assert out.max_sustainable_msgs_per_s == pytest.approx(middles[2])
+    assert out.limited_by.startswith("3,050 msg/s: p99 500 ms") and out.limit == "server"
     assert "| 2,899 to 3,050 msg/s (+5%) |" in stress_table([out])
 
 
@@ -144,7 +173,7 @@ def test_the_bisection_is_bounded_whatever_the_bracket_asked(monkeypatch: pytest
     monkeypatch.setattr("bench.stress.runner.run", fake.run)
     target = Target("t", "http://127.0.0.1:1", pid=None, settings={})
     out = ramp(target, by_name("quick", duration=1), start=1000, narrow_to=1e-9)
-    assert out["bisections"] == MAX_BISECTIONS and len(fake.rates) == 4 + MAX_BISECTIONS
+    assert out.bisections == MAX_BISECTIONS and len(fake.rates) == 4 + MAX_BISECTIONS
 
 
 def test_when_the_first_step_fails_the_ramp_looks_below_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,10 +181,10 @@ def test_when_the_first_step_fails_the_ramp_looks_below_it(monkeypatch: pytest.M
     monkeypatch.setattr("bench.stress.runner.run", fake.run)
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
     assert fake.rates[:3] == pytest.approx([1000, 1000 / 1.5, 1000 / 1.5**2])
-    assert [s["ok"] for s in out["steps"]][:3] == [False, False, True]
+    assert [s.ok for s in out.steps][:3] == [False, False, True]
     # ... then narrows 444-667 from below: 544 fails, 492 passes, 517 fails.
-    assert [s["ok"] for s in out["steps"][3:]] == [False, True, False]
-    assert out["limited_by"].startswith("517 msg/s") and out["bracket"][0] <= 500 < out["bracket"][1]
+    assert [s.ok for s in out.steps[3:]] == [False, True, False]
+    assert out.limited_by.startswith("517 msg/s") and out.bracket[0] <= 500 < out.bracket[1]
 
 
 def test_a_peer_that_never_passes_is_reported_as_sustaining_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,19 +192,23 @@ def test_a_peer_that_never_passes_is_reported_as_sustaining_nothing(monkeypatch:
     monkeypatch.setattr("bench.stress.runner.run", fake.run)
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
     assert len(fake.rates) == 1 + MAX_STEPS_DOWN
-    assert out["max_sustainable_deliveries_per_s"] == 0.0
+    assert out.max_sustainable_deliveries_per_s == 0.0
 
 
-def test_a_ramp_that_runs_out_of_steps_reports_a_lower_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_ramp_that_runs_out_of_steps_reports_a_lower_bound(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = _FakeServer(limit=1e12)
     monkeypatch.setattr("bench.stress.runner.run", fake.run)
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), max_steps=3)
-    assert len(fake.rates) == 3 and out["limited_by"] == "stopped after 3 steps"
-    assert out["lower_bound"] and not out["client_bound"]
+    assert len(fake.rates) == 3 and out.limited_by == "stopped after 3 steps"
+    assert out.lower_bound and not out.client_bound
     assert f"| ≥ {fake.rates[-1]:,.0f} |" in stress_table([out])
-    legacy = {k: v for k, v in out.items() if k != "lower_bound"}  # records written before the field
-    assert lower_bound(legacy)
-    assert not lower_bound({**legacy, "limited_by": "3,375 msg/s: p99 500 ms > 100 ms"})
+    # Records written before the field: the loader infers it from what limited the ramp.
+    legacy = {k: v for k, v in msgspec.to_builtins(out).items() if k != "lower_bound"}
+    failed = {**legacy, "limited_by": "3,375 msg/s: p99 500 ms > 100 ms"}
+    path = tmp_path / "legacy.json"
+    path.write_bytes(msgspec.json.encode([legacy, failed]))
+    loaded = load_any(path)
+    assert isinstance(loaded, StressRecord) and [r.lower_bound for r in loaded.ramps] == [True, False]
 
 
 def test_offered_counts_what_the_schedule_sends_also_at_fractional_rates() -> None:
@@ -191,7 +224,7 @@ def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.Mo
         result = real_run(scenario, target)
         if scenario.offered_rate > 2000:  # saturated and, past that, too slow to keep the p99
             result = msgspec.structs.replace(result, client_bound=True)
-            result.delivery_latency_ms["p99"] = 500
+            result.delivery_latency_ms.p99 = 500
         elif scenario.offered_rate > 1200:  # saturated, but still within the bound
             result = msgspec.structs.replace(result, client_bound=True)
         return result
@@ -199,29 +232,33 @@ def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.Mo
     monkeypatch.setattr("bench.stress.runner.run", client_saturates_at_2250)
     target = Target("t", "http://127.0.0.1:1", pid=None, settings={})
     out = ramp(target, by_name("quick", duration=1), start=1000)
-    assert [step["why"] for step in out["steps"]][:3] == ["ok", "ok (client-bound)", "client-bound"]
+    assert [step.why for step in out.steps][:3] == ["ok", "ok (client-bound)", "client-bound"]
     # Narrowed between 1,500 and 2,250 too: the client's limit, so the maximum stays a lower bound.
-    assert [step["why"] for step in out["steps"]][3:] == ["ok (client-bound)", "client-bound", "ok (client-bound)"]
-    assert out["client_bound"] and out["limited_by"] == "2,033 msg/s: client-bound" and out["limit"] == "client"
+    assert [step.why for step in out.steps][3:] == ["ok (client-bound)", "client-bound", "ok (client-bound)"]
+    assert out.client_bound and out.limited_by == "2,033 msg/s: client-bound" and out.limit == "client"
     table = stress_table([out])
     assert "| ≥ 1,933 |" in table and "the server's maximum is at least this" in table
-    peer = {**out, "client_bound": False, "lower_bound": False}
-    assert _ratio(out, peer, "max_sustainable_msgs_per_s") == "≥ 1.0x"
-    assert _ratio(peer, out, "max_sustainable_msgs_per_s") == "≤ 1.0x"
-    assert _ratio(peer, peer, "max_sustainable_msgs_per_s") == "1.0x"
+    peer = msgspec.structs.replace(out, client_bound=False, lower_bound=False)
+
+    def msgs(r: Ramp) -> float:
+        return r.max_sustainable_msgs_per_s
+
+    assert _ratio(out, peer, msgs) == "≥ 1.0x"
+    assert _ratio(peer, out, msgs) == "≤ 1.0x"
+    assert _ratio(peer, peer, msgs) == "1.0x"
 
 
 def test_each_step_and_each_ramp_says_whose_limit_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert step_limit({"ok": True, "why": "ok"}) == "none"
-    assert step_limit({"ok": True, "why": "ok (client-bound)"}) == "none (client saturated)"
-    assert step_limit({"ok": False, "why": "client-bound"}) == "client"
-    assert step_limit({"ok": False, "why": "p99 500 ms > 100 ms (server and client saturated)"}) == "server and client"
-    assert step_limit({"ok": False, "why": "1 lost, 0 duplicated"}) == "server"
+    assert step_limit(_step(ok=True, why="ok")) == "none"
+    assert step_limit(_step(ok=True, why="ok (client-bound)")) == "none (client saturated)"
+    assert step_limit(_step(ok=False, why="client-bound")) == "client"
+    assert step_limit(_step(ok=False, why="p99 500 ms > 100 ms (server and client saturated)")) == "server and client"
+    assert step_limit(_step(ok=False, why="1 lost, 0 duplicated")) == "server"
     fake = _FakeServer(limit=2000)
     monkeypatch.setattr("bench.stress.runner.run", fake.run)
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
-    assert [s["limit"] for s in out["steps"]][:3] == ["none", "none", "server"]
-    assert out["limit"] == "server" and out["server_cpu_at_max"] == 50
+    assert [s.limit for s in out.steps][:3] == ["none", "none", "server"]
+    assert out.limit == "server" and out.server_cpu_at_max == 50
     table = stress_table([out])
     assert "| server / client CPU % at max | whose limit |" in table and "| 50 / 0 | server |" in table
     [failed] = [line for line in steps_table([out]).splitlines() if line.startswith("| t | 2,250 |")]
@@ -233,12 +270,13 @@ def test_records_written_before_the_limit_was_recorded_still_say_whose_it_was() 
     second = load_any(ROOT / "docs" / "bench" / "20261123T104248-peers-quick-stress.json")
     assert isinstance(first, StressRecord) and isinstance(second, StressRecord)
     node_first, node_second = first.ramps[3], second.ramps[3]
-    assert node_first["target"] == node_second["target"] == "node-socket.io"
-    assert "limit" not in node_first
+    assert node_first.target == node_second.target == "node-socket.io"
+    assert node_first.limit == ""  # written before the field
     # The first run's older rule called Node's failing step client-bound; the second saw both cores saturated.
     assert (ramp_limit(node_first), ramp_limit(node_second)) == ("client", "server and client")
     assert cpu_at_max(node_second) == "66 / 100" and ramp_limit(second.ramps[0]) == "server"
-    assert cpu_at_max({"steps": []}) == "n/a" and ramp_limit({"steps": [{"ok": True, "rate": 1}]}).startswith("none")
+    assert cpu_at_max(msgspec.structs.replace(node_second, steps=[])) == "n/a"
+    assert ramp_limit(msgspec.structs.replace(node_second, steps=[_step(ok=True, why="ok")])).startswith("none")
 
 
 def test_the_ingest_shape_puts_each_sender_alone_in_its_room() -> None:
