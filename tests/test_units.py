@@ -16,6 +16,7 @@ import trio.lowlevel
 from hypothesis import given
 from hypothesis import strategies as st
 
+import storage.ids
 from protocol import rest
 from protocol.rest import Limits, RequestError
 from server.config import DEFAULT_JWT_SECRET, Config, ConfigError, build_parser, load_config
@@ -181,6 +182,27 @@ def test_ids_look_like_the_originals_and_do_not_repeat() -> None:
     ids = {new_id(1750748195822) for _ in range(10_000)}
     assert len(ids) == 10_000
     assert all(i.startswith("1750748195822") and len(i) == 22 for i in ids)
+
+
+class _FixedBits:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def getrandbits(self, bits: int) -> int:
+        assert bits == 46
+        return self.n
+
+
+@pytest.mark.parametrize("n", [0, 1, 35, 36, 46655, 46656, 36**6 - 1, 36**6, 2**46 - 1, 0x2B3C4D5E6F7A])
+def test_id_random_part_is_the_46_bits_in_base_36_least_significant_digit_first(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage.ids, "_rng", _FixedBits(n))
+    expected, rest = "", n
+    for _ in range(9):
+        rest, digit = divmod(rest, 36)
+        expected += "0123456789abcdefghijklmnopqrstuvwxyz"[digit]
+    assert new_id(1750748195822) == "1750748195822" + expected
 
 
 def test_parse_date() -> None:
