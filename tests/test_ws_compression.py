@@ -29,7 +29,7 @@ from tests.conftest import RunningServer, make_config, start_server
 from tests.deflate_client import DeflateClient
 from tests.node_peer import NodeClient, node_or_skip
 from tests.sio_peer import Peer, make_room, make_users, wait_until
-from tests.test_ws_deflate import masked, server_frames, wsproto_client, wsproto_messages
+from tests.ws_frames import masked, server_frames, wsproto_client, wsproto_messages, zeros_deflated
 
 ROOM = "room-1"
 OFFER = [(b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits")]
@@ -249,10 +249,7 @@ async def test_a_bomb_closes_its_senders_connection_with_1009_and_the_room_goes_
         await ws.socketio_connect()
         sio = await connect_peer(peers, running.url, "sio", tokens["sio"])
         # 64 MiB of zeros (the limit is 1 MiB) is about 64 KiB on the wire; the server stops at 1 MiB + 1 byte.
-        compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-        chunk = bytes(1 << 20)
-        wire = b"".join(compressor.compress(chunk) for _ in range(64)) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        await bomber.send_raw(masked(0x80 | 0x40 | 0x1, wire[: -len(TAIL)]))
+        await bomber.send_raw(masked(0x80 | 0x40 | 0x1, zeros_deflated(64 << 20)))
         assert await bomber.wait_closed() == 1009
 
         ack = await sio.call("send_message", {"roomId": room, "content": "still here " * 200})
