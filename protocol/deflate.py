@@ -216,9 +216,18 @@ class Compression:
         self.threshold = threshold
         self.stats = DeflateStats()
         self._deflaters: dict[int, Deflater] = {}
-        # Open websockets that agreed on the extension. While it is 0, broadcasts never look at a member's
-        # extension: the plain path costs what it did before compression existed.
+        # Open websockets that agreed on the extension (the endpoint counts them). While it is 0, broadcasts
+        # never look at a member's extension: the plain path costs what it did before compression existed.
         self.connections = 0
+
+    def worth_deflating(self, packets: list[bytes], tail: bytes | None = None) -> bool:
+        """Whether a broadcast of ``packets`` (and ``tail``) could go compressed to anyone: someone agreed on the
+        extension and a packet is over the threshold. Asked once per broadcast, so that a broadcast of small
+        messages (most chat) takes the plain path, with no per-member look and no allocation."""
+        if not self.connections:
+            return False
+        threshold = self.threshold
+        return any(len(p) > threshold for p in packets) or (tail is not None and len(tail) > threshold)
 
     def agree(self, headers: Iterable[tuple[bytes, bytes]]) -> tuple[bytes, Deflater] | None:
         """The handshake's ``Sec-WebSocket-Extensions`` answer and the connection's Deflater, or None."""

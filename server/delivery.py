@@ -68,7 +68,8 @@ class Delivery:
         compression: Compression | None = None,
     ) -> None:
         self._storage = storage
-        # permessage-deflate: while no open websocket agreed on it, broadcasts take the plain path unchanged.
+        # permessage-deflate: unless someone agreed on it and a packet is over the threshold, a broadcast takes
+        # the plain path unchanged.
         self._compression = compression or Compression(enabled=False, threshold=0)
         self._head = head  # a room's last seq: committed (durable) or broadcast (fast)
         self.high_water = high_water
@@ -210,7 +211,7 @@ class Delivery:
         with_offset = (packets, frames)
         if offset is not None:
             with_offset = ([*packets, offset], frames + frame(offset))
-        deflating = self._compression.connections > 0
+        deflating = self._compression.worth_deflating(packets, offset)
         outgoing: Outgoing | None = None
         count = 0
         for session in members:

@@ -203,6 +203,15 @@ def test_outgoing_deflates_once_for_any_number_of_members() -> None:
     assert wsproto_messages(proto, max(got, key=len)) == [p.decode() for p in [*packets, b"4g1"]]
 
 
+def test_a_broadcast_is_worth_deflating_only_when_someone_agreed_and_a_packet_is_over_the_threshold() -> None:
+    compression = Compression(enabled=True, threshold=10)
+    assert not compression.worth_deflating([b"x" * 100]), "no open websocket agreed"
+    compression.connections = 1
+    assert compression.worth_deflating([b"x" * 5, b"x" * 11])
+    assert not compression.worth_deflating([b"x" * 10, b"y"])
+    assert compression.worth_deflating([b"x"], b"t" * 11), "the tail (an offset) counts too"
+
+
 def test_outgoing_below_the_threshold_hands_out_the_plain_bytes_themselves() -> None:
     deflater = stats_deflater(threshold=1024)
     packets = [b"4" + b"x" * 100] * 3
