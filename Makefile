@@ -71,7 +71,7 @@ bench-baseline: $(STAMP)
 	mkdir -p $(dir $(BENCH_BASELINE))
 	cp bench/results/baseline/*.json $(BENCH_BASELINE)
 
-## Autobahn|Testsuite (fuzzingclient, cases 1-7 and 10) against an echo harness on our frame code; exit 1 on
+## Autobahn|Testsuite (fuzzingclient, cases 1-7, 10, 12-13) against an echo harness on our frame code; exit 1 on
 ## any FAILED case. Not part of `make test`: it needs Python 2.7 (pyenv), which CI does not have.
 ## Results and the non-strict cases: docs/autobahn.md.
 autobahn: $(STAMP) $(AB_STAMP)

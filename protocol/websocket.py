@@ -53,11 +53,15 @@ def accept_key(client_key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(client_key.strip() + _GUID).digest())
 
 
-def handshake_response(client_key: bytes) -> bytes:
-    return (
+def handshake_response(client_key: bytes, extensions: bytes | None = None) -> bytes:
+    """The 101 answer; ``extensions`` is the ``Sec-WebSocket-Extensions`` value agreed on, if any."""
+    head = (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept_key(client_key) + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: " + accept_key(client_key) + b"\r\n"
     )
+    if extensions is not None:
+        head += b"Sec-WebSocket-Extensions: " + extensions + b"\r\n"
+    return head + b"\r\n"
 
 
 def frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -148,6 +152,10 @@ class FrameReader:
     one TCP read often holds several frames, and the client's valid packets must not be lost because a
     later one was bad. After a FrameError the reader is spent (every later ``feed`` raises again); after a
     close frame it is finished (nothing later is parsed: RFC 6455 §5.5.1, the peer sends nothing after it).
+
+    Reserved bits are refused here; :class:`protocol.deflate.DeflateFrameReader`, the reader of a connection
+    that negotiated permessage-deflate, gives RSV1 its meaning through the ``_check_reserved_bits``,
+    ``_too_big`` and ``_assemble`` hooks (which cost nothing on a frame without RSV bits under the bound).
     """
 
     def __init__(self, max_message: int) -> None:
@@ -186,7 +194,7 @@ class FrameReader:
         end = len(buf)
         while end - pos >= 2:
             b0, b1 = buf[pos], buf[pos + 1]
-            fin, opcode, length = b0 & 0x80, b0 & 0x0F, b1 & 0x7F
+            opcode, length = b0 & 0x0F, b1 & 0x7F
             self._check_header(b0, b1, opcode, length)
             head = 2
             if length == 126:
@@ -199,7 +207,7 @@ class FrameReader:
                     break
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 head = 10
-            if opcode not in _CONTROL_OPCODES and self._part_size + length > self._max:
+            if opcode not in _CONTROL_OPCODES and self._part_size + length > self._max and self._too_big(b0, length):
                 raise FrameError(CLOSE_TOO_BIG, f"message over {self._max} bytes")
             start = pos + head + 4
             if end < start + length:
@@ -212,14 +220,14 @@ class FrameReader:
                 self.closed = True
                 buf.clear()
                 return
-            message = self._assemble(bool(fin), opcode, payload)
+            message = self._assemble(b0, opcode, payload)
             if message is not None:
                 out.append(message)
         del buf[:pos]
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
         if b0 & 0x70:
-            raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+            self._check_reserved_bits(b0, opcode)
         if not b1 & 0x80:
             raise FrameError(CLOSE_PROTOCOL_ERROR, "client frames must be masked")
         if opcode in _CONTROL_OPCODES:
@@ -228,7 +236,20 @@ class FrameReader:
         elif opcode not in _DATA_OPCODES:
             raise FrameError(CLOSE_PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
 
-    def _assemble(self, fin: bool, opcode: int, payload: bytes) -> Message | None:
+    def _check_reserved_bits(self, b0: int, opcode: int) -> None:
+        """A frame with RSV1-3 set: wrong unless an extension gave the bit a meaning (protocol/deflate.py)."""
+        raise FrameError(CLOSE_PROTOCOL_ERROR, "reserved bits set (no extension was negotiated)")
+
+    def _too_big(self, b0: int, length: int) -> bool:
+        """The message in progress and this frame's ``length`` pass ``max_message``: True refuses it (1009).
+
+        Always, here; a compressed message is bounded by what it inflates to instead (protocol/deflate.py).
+        """
+        return True
+
+    def _assemble(self, b0: int, opcode: int, payload: bytes) -> Message | None:
+        """One frame's unmasked payload (``b0``: its first header byte) → a complete message, or None so far."""
+        fin = bool(b0 & 0x80)
         if opcode in _CONTROL_OPCODES:
             return opcode, payload
         if opcode == OP_CONTINUATION:

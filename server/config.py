@@ -21,6 +21,7 @@ DEFAULT_JWT_SECRET = "your-secret-key"  # the original server's default (contrac
 LogLevel = Literal["debug", "info", "warning", "error"]
 DeliveryMode = Literal["durable", "fast"]
 AdminRoutes = Literal["open", "token", "off"]
+OnOff = Literal["on", "off"]
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -50,6 +51,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     ping_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 45.0
     max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 1024 * 1024
+    ws_compression: OnOff = "on"
+    ws_compression_threshold: Annotated[int, msgspec.Meta(ge=0)] = 1024
     max_content_chars: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 20_000
     catchup_high_water: Annotated[int, msgspec.Meta(ge=4096)] = 1024 * 1024
@@ -274,6 +277,24 @@ OPTIONS: tuple[Option, ...] = (
         "MAX_PACKET_BYTES",
         "largest websocket message or polling payload, in bytes, advertised as maxPayload (default 1048576;"
         " the original's 100 MB let one client hold 100 MB)",
+        "BYTES",
+    ),
+    Option(
+        "ws_compression",
+        "--ws-compression",
+        "WS_COMPRESSION",
+        "on: answer a websocket client's permessage-deflate offer (RFC 7692; browsers, Node's ws and the websockets"
+        " library make one), with no context takeover either way, so no connection keeps a zlib context while idle;"
+        " off: answer without it, as the original (default on)",
+        "on|off",
+    ),
+    Option(
+        "ws_compression_threshold",
+        "--ws-compression-threshold",
+        "WS_COMPRESSION_THRESHOLD",
+        "websocket messages larger than this, in bytes, are compressed for clients that agreed on permessage-deflate,"
+        " once per broadcast whatever the room's size (default 1024: below it deflate's CPU and header cost more than"
+        " they save; Node's ws picks the same; 0 = every message)",
         "BYTES",
     ),
     Option(

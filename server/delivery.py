@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import trio
 
+from protocol.deflate import Compression, Outgoing
 from protocol.events import MessageOut, message_packet
 from protocol.recovery import cursors_offset, offset_packet, watermark_offset
 from protocol.websocket import frame
@@ -64,8 +65,12 @@ class Delivery:
         page: int,
         offsets: bool = False,
         exact_offsets: bool = False,
+        compression: Compression | None = None,
     ) -> None:
         self._storage = storage
+        # permessage-deflate: unless someone agreed on it and a packet is over the threshold, a broadcast takes
+        # the plain path unchanged.
+        self._compression = compression or Compression(enabled=False, threshold=0)
         self._head = head  # a room's last seq: committed (durable) or broadcast (fast)
         self.high_water = high_water
         self._low_water = high_water // 4
@@ -193,7 +198,8 @@ class Delivery:
         """Push a room's consecutive messages (``first_seq``, ``first_seq + 1``, ...) to every member at the head.
 
         Encoded and framed once for all; ``offset`` (a packet) goes after them, except to the ``not_for``
-        members. Returns how many members got them now; the others catch up later.
+        members. Returns how many members got them now; the others catch up later. Members that agreed on
+        permessage-deflate get the compressed frames, made once for all of them on the first (:class:`Outgoing`).
         """
         members = self._subscribers.get(room_id)
         if not members:
@@ -205,6 +211,8 @@ class Delivery:
         with_offset = (packets, frames)
         if offset is not None:
             with_offset = ([*packets, offset], frames + frame(offset))
+        deflating = self._compression.worth_deflating(packets, offset)
+        outgoing: Outgoing | None = None
         count = 0
         for session in members:
             if session.lagging:
@@ -213,6 +221,10 @@ class Delivery:
                 self._start_lag(session)
                 continue
             these, these_frames = (packets, frames) if session in not_for else with_offset
+            if deflating and session.ws_deflate is not None:
+                if outgoing is None:
+                    outgoing = Outgoing(packets, frames, offset)
+                these_frames = outgoing.frames_for(session.ws_deflate, with_tail=these is not packets)
             if session.send_many(these, these_frames):
                 session.cursors[room_id] = last_seq
                 count += 1

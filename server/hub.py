@@ -24,6 +24,7 @@ import msgspec
 import trio
 
 from protocol import engineio, socketio
+from protocol.deflate import Compression
 from protocol.engineio import BINARY, OpenPayload, PacketType
 from protocol.engineio_session import Beat
 from protocol.errors import SocketIOError
@@ -56,6 +57,8 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     catchup_page: int = 500
     max_attachments: int = 10  # binary attachments of one Socket.IO packet; their bytes: max_packet_bytes
     cluster: bool = False  # several processes share the log (PostgreSQL): exact per-room recovery offsets
+    ws_compression: bool = True  # answer permessage-deflate offers (server/config.py says why)
+    ws_compression_threshold: int = 1024  # bytes: larger websocket messages are compressed for those that agreed
 
 
 class App(Protocol):
@@ -89,6 +92,7 @@ class Hub:
         self.flusher.on_written = metrics.commit_to_write.observe
         self.sessions: dict[str, Session] = {}
         self.storage = storage
+        self.compression = Compression(enabled=settings.ws_compression, threshold=settings.ws_compression_threshold)
         self.delivery = Delivery(
             storage,
             registry.head,
@@ -97,6 +101,7 @@ class Hub:
             # Recovery offsets name places in the log: in fast mode members see messages before the log has them.
             offsets=settings.mode == "durable",
             exact_offsets=settings.cluster,
+            compression=self.compression,
         )
         self._doomed: list[tuple[Session, str]] = []
         # The heartbeat timer: (when, n, session), at most one live entry per session (its timer_at);
@@ -409,6 +414,7 @@ class Hub:
             outbox_bytes += session.ws.nbytes if session.ws is not None else 0
             largest = max(largest, pending)
         delivery = self.delivery
+        deflate = self.compression.stats
         return {
             **by_transport,
             "outbox_bytes": outbox_bytes,
@@ -420,4 +426,6 @@ class Hub:
             "deliveries": delivery.messages_pushed + delivery.messages_caught_up,
             "deliveries_caught_up": delivery.messages_caught_up,
             "lag_episodes": delivery.lag_episodes,
+            "ws_deflate": deflate.deflates,
+            "ws_compressed_frames": deflate.compressed_frames,
         }

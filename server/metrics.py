@@ -253,6 +253,9 @@ class _HubFigures(Collector):
         "deliveries": "message packets queued to members (live pushes and catch-up from the log)",
         "deliveries_caught_up": "message packets a lagging member read from the log instead of a live push",
         "lag_episodes": "times a member fell behind its rooms and was switched to catch-up (never cut off)",
+        "ws_deflate": "websocket messages deflated for permessage-deflate: once per broadcast, whatever the room's"
+        " size (per window size a member agreed on; in practice one)",
+        "ws_compressed_frames": "websocket frames queued with RSV1 set (compressed), one per member that got one",
     }
 
     def __init__(self, hub_stats: Callable[[], dict[str, int]]) -> None:

@@ -82,6 +82,8 @@ def hub_settings(config: Config) -> HubSettings:
         catchup_high_water=config.catchup_high_water,
         catchup_page=config.catchup_page,
         cluster=config.cluster,
+        ws_compression=config.ws_compression == "on",
+        ws_compression_threshold=config.ws_compression_threshold,
     )
 
 

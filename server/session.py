@@ -16,6 +16,7 @@ from collections.abc import Callable
 import trio
 
 from protocol import engineio
+from protocol.deflate import Deflater
 from protocol.engineio_session import EngineIOSession, Poll, Upgrade
 from protocol.ratelimit import TokenBucket
 from protocol.socketio import SioPacket
@@ -47,6 +48,7 @@ class Session(EngineIOSession):
         "token",
         "user",
         "ws",
+        "ws_deflate",
         "ws_scope",
     )
 
@@ -95,6 +97,8 @@ class Session(EngineIOSession):
         # websocket transport
         self.ws: Outbox | None = None
         self.ws_scope: trio.CancelScope | None = None
+        # permessage-deflate, when the websocket agreed on it (protocol/deflate.py): what frames its messages.
+        self.ws_deflate: Deflater | None = None
         # send_message rate limit (server/send_limit.py): made on the first send, so idle sessions cost nothing
         self.send_bucket: TokenBucket | None = None
 
@@ -115,7 +119,9 @@ class Session(EngineIOSession):
         if self.closed:
             return False
         if self.ws is not None:
-            return self.ws.push(ws_frame if ws_frame is not None else frame(packet))
+            if ws_frame is None:
+                ws_frame = frame(packet) if self.ws_deflate is None else self.ws_deflate.frame(packet)
+            return self.ws.push(ws_frame)
         if self._queue_bytes + len(packet) > self.max_queue_bytes or len(self._queue) >= self.max_queue_packets:
             self.on_overflow(self, f"polling queue full ({self._queue_bytes} bytes in {len(self._queue)} packets)")
             return False
@@ -127,14 +133,17 @@ class Session(EngineIOSession):
     def send_binary(self, data: bytes) -> bool:
         """Queue one binary Engine.IO packet: a binary frame, or ``b<base64>`` on polling."""
         if self.ws is not None and not self.closed:
-            return self.ws.push(frame(data, OP_BINARY))
+            deflate = self.ws_deflate
+            return self.ws.push(frame(data, OP_BINARY) if deflate is None else deflate.frame(data, OP_BINARY))
         return self.send(b"b" + base64.b64encode(data))
 
     def send_many(self, packets: list[bytes], ws_frames: bytes) -> bool:
         """Queue several packets at once; ``ws_frames`` is their websocket frames, concatenated.
 
         On a websocket that is one outbox entry and one write for the lot (a committed batch's messages to
-        one room); a polling session queues them one by one, as its payload format needs.
+        one room); a polling session queues them one by one, as its payload format needs. The frames are
+        sent as given: a broadcast picks the compressed ones for a member that agreed on permessage-deflate
+        (server/delivery.py), anything else may go plain (RFC 7692 lets a sender choose per message).
         """
         if self.closed:
             return False
@@ -173,25 +182,33 @@ class Session(EngineIOSession):
         raise PollRefused(action)
 
     # -- upgrade -----------------------------------------------------------------------------------
-    def on_upgrade_packet(self, text: str, outbox: Outbox, scope: trio.CancelScope) -> Upgrade:
-        """A text packet on the probing websocket ``outbox``; the shell's half of :meth:`upgrade_packet`."""
+    def on_upgrade_packet(
+        self, text: str, outbox: Outbox, scope: trio.CancelScope, deflate: Deflater | None = None
+    ) -> Upgrade:
+        """A text packet on the probing websocket ``outbox``; the shell's half of :meth:`upgrade_packet`.
+
+        ``deflate``: the probing websocket agreed on permessage-deflate.
+        """
         step = self.upgrade_packet(text)
         if step is Upgrade.PROBED:
             outbox.push(frame(engineio.PONG_PROBE.encode()))
         elif step is Upgrade.UPGRADED:
             # What polling had queued goes first, in order; a waiting poll is released with a noop.
             while self._queue:
-                outbox.push(frame(self._queue.popleft()))
+                packet = self._queue.popleft()
+                outbox.push(frame(packet) if deflate is None else deflate.frame(packet))
             self._queue_bytes = 0
             self.ws = outbox
             self.ws_scope = scope
+            self.ws_deflate = deflate
         self._wake_poll()
         return step
 
-    def attach_websocket(self, outbox: Outbox, scope: trio.CancelScope) -> None:
-        """The outbox of a session opened by a websocket handshake."""
+    def attach_websocket(self, outbox: Outbox, scope: trio.CancelScope, deflate: Deflater | None = None) -> None:
+        """The outbox of a session opened by a websocket handshake (``deflate``: it agreed on permessage-deflate)."""
         self.ws = outbox
         self.ws_scope = scope
+        self.ws_deflate = deflate
 
     # -- closing -----------------------------------------------------------------------------------
     def close_transport(self) -> None:

@@ -1,10 +1,11 @@
 """The websocket hot path: ``GET /socket.io/?EIO=4&transport=websocket`` on a raw trio stream.
 
 No ASGI in between: the front door hands over the socket with the parsed request head. We answer the
-handshake ourselves (no permessage-deflate, as the original), parse inbound frames with the sans-IO
-:class:`~protocol.websocket.FrameReader`, and write everything outbound through the connection's
-:class:`Outbox`. (wsproto parsed inbound frames at first; it was 36% of the send path's CPU, measured
-with py-spy, mostly its per-byte unmasking: see docs/architecture.md.)
+handshake ourselves (with permessage-deflate when the client offers it and ``--ws-compression`` is on:
+protocol/deflate.py), parse inbound frames with the sans-IO :class:`~protocol.websocket.FrameReader` (its
+:class:`~protocol.deflate.DeflateFrameReader` when compression was agreed), and write everything outbound
+through the connection's :class:`Outbox`. (wsproto parsed inbound frames at first; it was 36% of the send path's
+CPU, measured with py-spy, mostly its per-byte unmasking: see docs/architecture.md.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import msgspec
 import trio
 
 from protocol import engineio
+from protocol.deflate import DeflateFrameReader, Deflater
 from protocol.engineio_session import Upgrade
 from protocol.errors import EngineIOError
 from protocol.websocket import (
@@ -104,13 +106,21 @@ class WebSocketEndpoint:
                 await stream.send_all(engineio_error(3, "Server at its connection limit", 503))
                 return
             session = new_session
-        await self._run_connection(stream, session, key, trailing, probing=sid is not None)
+        await self._run_connection(stream, session, request, key, trailing, probing=sid is not None)
 
     async def _run_connection(
-        self, stream: trio.SocketStream, session: Session, key: bytes, trailing: bytes, *, probing: bool
+        self,
+        stream: trio.SocketStream,
+        session: Session,
+        request: h11.Request,
+        key: bytes,
+        trailing: bytes,
+        *,
+        probing: bool,
     ) -> None:
         hub = self._hub
         settings = hub.settings
+        agreed = hub.compression.agree(request.headers)
         outbox = Outbox(
             stream.socket.fileno(),
             hub.flusher,
@@ -118,30 +128,47 @@ class WebSocketEndpoint:
             max_messages=settings.outbox_max_messages,
             on_overflow=lambda reason: hub.overflowed(session, reason),
         )
-        outbox.push(handshake_response(key))
+        deflate: Deflater | None = None
+        if agreed is not None:
+            extensions, deflate = agreed
+            outbox.push(handshake_response(key, extensions))
+            hub.compression.connections += 1
+        else:
+            outbox.push(handshake_response(key))
         try:
-            reason = await self._connection(stream, session, outbox, trailing, probing=probing)
+            reason = await self._connection(stream, session, outbox, trailing, probing=probing, deflate=deflate)
         except Exception as exc:  # one connection's error boundary: its fault is its own problem
             hub.connection_failed(session, exc, "websocket connection")
             return
         finally:
             session.websocket_closed(upgraded=session.ws is outbox)  # a failed probe: back to polling
+            if deflate is not None:
+                hub.compression.connections -= 1
         if session.ws is outbox:
             hub.close_session(session, reason)
 
     async def _connection(
-        self, stream: trio.SocketStream, session: Session, outbox: Outbox, trailing: bytes, *, probing: bool
+        self,
+        stream: trio.SocketStream,
+        session: Session,
+        outbox: Outbox,
+        trailing: bytes,
+        *,
+        probing: bool,
+        deflate: Deflater | None,
     ) -> str:
         hub = self._hub
         reason = "client went away"
         with trio.CancelScope() as scope:
             if not probing:
                 outbox.push(frame(hub.open_packet(session, upgrades=[])))
-                session.attach_websocket(outbox, scope)
+                session.attach_websocket(outbox, scope, deflate)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(outbox.run_writer)
                 try:
-                    reason = await self._read_loop(stream, session, outbox, scope, trailing, probing=probing)
+                    reason = await self._read_loop(
+                        stream, session, outbox, scope, trailing, probing=probing, deflate=deflate
+                    )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     reason = "connection lost"
                 finally:
@@ -157,9 +184,12 @@ class WebSocketEndpoint:
         trailing: bytes,
         *,
         probing: bool,
+        deflate: Deflater | None,
     ) -> str:
         """Read frames until the client leaves or breaks the protocol; returns why the connection ended."""
-        reader = FrameReader(self._hub.settings.max_packet_bytes)
+        max_bytes = self._hub.settings.max_packet_bytes
+        # A compressed message is bounded by what it inflates to: max_packet_bytes, whatever its ratio.
+        reader = FrameReader(max_bytes) if deflate is None else DeflateFrameReader(max_bytes)
         data = trailing  # frames that arrived together with the handshake come first
         while True:
             bad_frame: FrameError | None = None
@@ -172,7 +202,7 @@ class WebSocketEndpoint:
                 if opcode == OP_TEXT:
                     assert isinstance(payload, str)
                     if probing:
-                        step = session.on_upgrade_packet(payload, outbox, scope)
+                        step = session.on_upgrade_packet(payload, outbox, scope, deflate)
                         if step is Upgrade.FAILED:
                             return self._close(outbox, CLOSE_PROTOCOL_ERROR, "unexpected packet during upgrade")
                         probing = step is not Upgrade.UPGRADED

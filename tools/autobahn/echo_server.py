@@ -1,8 +1,12 @@
 """An echo websocket server for Autobahn|Testsuite's fuzzingclient, built on the production frame code.
 
 What is tested is ours: the handshake helpers, :class:`~protocol.websocket.FrameReader`, ``frame`` and
-``close_frame`` are the ones ``server/ws_endpoint.py`` runs, so a case that fails here fails there. Only
-the Engine.IO/Socket.IO layer is left out: text and binary messages are echoed as they came.
+``close_frame`` are the ones ``server/ws_endpoint.py`` runs, and so is permessage-deflate (cases 12 and 13):
+the agreement (:class:`~protocol.deflate.Compression`), :class:`~protocol.deflate.DeflateFrameReader` and the
+:class:`~protocol.deflate.Deflater` that frames what goes out. A case that fails here fails there. Only the
+Engine.IO/Socket.IO layer is left out: text and binary messages are echoed as they came. The compression
+threshold is 0 here (the server's default is 1024 bytes): every echo is deflated, so the compressor is
+checked on every message size the cases send, and one that would not shrink goes plain, as in the server.
 
 Loopback only. ``--port 0`` (the default) takes a free port and prints it on the first stdout line, so
 the runner (``tools/autobahn/run.py``) never collides with another server on this machine.
@@ -13,10 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable
 
 import h11
 import trio
 
+from protocol.deflate import Compression, DeflateFrameReader
 from protocol.websocket import (
     OP_BINARY,
     OP_CLOSE,
@@ -33,10 +39,12 @@ from protocol.websocket import (
     is_upgrade,
 )
 
-# Autobahn's case 9 is excluded by the spec, but cases 1-7 send up to 65 KiB messages; 16 MiB is what
+# Autobahn's case 9 is excluded by the spec, but cases 1-7 send up to 65 KiB messages (12-13: 128 KiB); 16 MiB is what
 # its own servers accept, so no case is refused for size.
 MAX_MESSAGE = 16 * 1024 * 1024
 RECEIVE_BYTES = 65536
+# permessage-deflate as the server does it, with a threshold of 0 (see above).
+COMPRESSION = Compression(enabled=True, threshold=0)
 
 
 async def _read_head(stream: trio.SocketStream) -> tuple[h11.Request, bytes] | None:
@@ -53,6 +61,19 @@ async def _read_head(stream: trio.SocketStream) -> tuple[h11.Request, bytes] | N
         conn.receive_data(data)
 
 
+async def _accept(
+    stream: trio.SocketStream, key: bytes, headers: list[tuple[bytes, bytes]]
+) -> tuple[FrameReader, Callable[[bytes, int], bytes]]:
+    """Answer the handshake, with permessage-deflate when offered; the connection's reader and framer."""
+    agreed = COMPRESSION.agree(headers)
+    if agreed is None:
+        await stream.send_all(handshake_response(key))
+        return FrameReader(MAX_MESSAGE), frame
+    extensions, deflater = agreed
+    await stream.send_all(handshake_response(key, extensions))
+    return DeflateFrameReader(MAX_MESSAGE), deflater.frame
+
+
 async def handle(stream: trio.SocketStream) -> None:
     async with stream:
         head = await _read_head(stream)
@@ -63,8 +84,7 @@ async def handle(stream: trio.SocketStream) -> None:
         if key is None or not is_upgrade(request.method, request.headers.raw_items()):
             await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             return
-        await stream.send_all(handshake_response(key))
-        reader = FrameReader(MAX_MESSAGE)
+        reader, out = await _accept(stream, key, request.headers.raw_items())
         while True:
             # The same order as server/ws_endpoint.py: what came before a bad frame first, then the close.
             error: FrameError | None = None
@@ -75,10 +95,10 @@ async def handle(stream: trio.SocketStream) -> None:
             for opcode, payload in messages:
                 if opcode == OP_TEXT:
                     assert isinstance(payload, str)
-                    await stream.send_all(frame(payload.encode(), OP_TEXT))
+                    await stream.send_all(out(payload.encode(), OP_TEXT))
                 elif opcode == OP_BINARY:
                     assert isinstance(payload, bytes)
-                    await stream.send_all(frame(payload, OP_BINARY))
+                    await stream.send_all(out(payload, OP_BINARY))
                 elif opcode == OP_PING:
                     assert isinstance(payload, bytes)
                     await stream.send_all(frame(payload, OP_PONG))
