@@ -34,9 +34,11 @@ from types import MappingProxyType
 IDENTITY = "identity"
 GZIP = "gzip"
 
-# gzip level 6, zlib's default (and Node's compression middleware's): measured on a 1000-message history page
-# (246 KB of JSON) 0.8 ms and 13.2x, against 0.35 ms and 11.4x at level 1 and 2.1 ms and 14.6x at level 9.
-DYNAMIC_LEVEL = 6
+# gzip level 5, one below zlib's default: measured on history pages (tools/compression_probe.py's text), level 5
+# gave 8.1x in 1.2 ms on 1000 short messages (223 KB) and 5.7x in 32 ms on 300 of 10,000 characters (3.3 MB);
+# level 6 gave 8.5x and 6.4x but took 1.9 ms and 90 ms, level 1 6.9x and 4.5x in 0.6 ms and 16 ms. Level 5 is
+# the knee: within 5-11% of level 6's size for a third to two thirds of its CPU, which the chat needs more.
+DYNAMIC_LEVEL = 5
 # Static files are compressed once, when they are loaded: the slowest, smallest setting costs nothing per request.
 STATIC_LEVEL = 9
 # wbits 16 + 15: a gzip wrapper (header and CRC-32) around a 32 KiB-window deflate stream. zlib writes mtime 0,
