@@ -6,7 +6,10 @@ hands only ``/socket.io/`` upgrades to it). No build step: what is in the direct
 
 Caching: there are no content hashes in the file names, so every response says ``no-cache`` with a strong
 ``ETag`` (the content's hash): a browser revalidates and gets ``304 Not Modified`` with no body until the file
-changes, and never runs a stale module after an upgrade. The pages carry a Content-Security-Policy that
+changes, and never runs a stale module after an upgrade. With HTTP compression on, each file is also gzipped
+once, when it is loaded (the vendored Socket.IO client is the largest), and that form has an ETag of its own
+(``"<hash>-gzip"``): the two representations never share a validator, and a 304 answers only for the one
+the request would get. The pages carry a Content-Security-Policy that
 allows only this origin (scripts, styles, fetch and the websocket), so the chat runs no code from elsewhere.
 """
 
@@ -17,7 +20,9 @@ from pathlib import Path
 
 from quart import Blueprint, Response, request
 
+from protocol.content_coding import IDENTITY, STATIC_LEVEL, add_vary, choose_coding, is_compressible
 from protocol.rest import RequestError
+from server.http_compression import HttpCompression, accept_encoding, precompress
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -43,31 +48,60 @@ CSP = (
 
 
 class StaticFile:
-    __slots__ = ("body", "content_type", "etag")
+    """``coded``: the file's compressed forms by coding (empty without compression), each with its ETag."""
 
-    def __init__(self, body: bytes, content_type: str) -> None:
+    __slots__ = ("body", "coded", "content_type", "etag")
+
+    def __init__(self, body: bytes, content_type: str, coded: dict[str, bytes] | None = None) -> None:
         self.body = body
         self.content_type = content_type
         self.etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        self.coded = {coding: (data, f'{self.etag[:-1]}-{coding}"') for coding, data in (coded or {}).items()}
+
+    def representation(self, coding: str) -> tuple[bytes, str]:
+        """The bytes and the ETag sent for ``coding`` (``identity`` or one of ``coded``)."""
+        return (self.body, self.etag) if coding == IDENTITY else self.coded[coding]
 
 
-def load_files(root: Path = WEB_DIR) -> dict[str, StaticFile]:
-    """Every servable file under ``root`` by its path relative to it (``chat.js``, ``vendor/LICENSE``)."""
+def load_files(root: Path = WEB_DIR, *, compress_threshold: int | None = None) -> dict[str, StaticFile]:
+    """Every servable file under ``root`` by its path relative to it (``chat.js``, ``vendor/LICENSE``); with
+    ``compress_threshold`` (bytes), the compressible ones of at least that size compressed too."""
     files: dict[str, StaticFile] = {}
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.name.startswith("."):
             continue
         content_type = CONTENT_TYPES.get(path.suffix, _NO_SUFFIX if not path.suffix else "")
         if content_type:
-            files[path.relative_to(root).as_posix()] = StaticFile(path.read_bytes(), content_type)
+            body = path.read_bytes()
+            coded = None
+            if compress_threshold is not None and is_compressible(content_type):
+                coded = dict(precompress(body, STATIC_LEVEL, compress_threshold))
+            files[path.relative_to(root).as_posix()] = StaticFile(body, content_type, coded)
     return files
 
 
-def web_routes(root: Path = WEB_DIR, *, dashboard: bool = True) -> Blueprint:
+def _headers(file: StaticFile, etag: str) -> dict[str, str]:
+    """What a 200 and a 304 of one representation both carry."""
+    headers = {
+        "Cache-Control": "no-cache",
+        "ETag": etag,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+    if file.coded:  # the bytes depend on Accept-Encoding: caches must key on it
+        headers["Vary"] = add_vary(None)
+    if file.content_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = CSP
+    return headers
+
+
+def web_routes(
+    root: Path = WEB_DIR, *, dashboard: bool = True, compression: HttpCompression | None = None
+) -> Blueprint:
     """The chat's files, and the dashboard's unless ``dashboard`` is false (``--metrics-port``: the numbers
-    are not for the public port)."""
+    are not for the public port); gzipped where the request takes it, with ``compression``."""
     bp = Blueprint("web", __name__)
-    files = load_files(root)
+    files = load_files(root, compress_threshold=compression.threshold if compression else None)
     if not dashboard:
         files = {name: file for name, file in files.items() if not name.startswith("dashboard.")}
 
@@ -75,17 +109,15 @@ def web_routes(root: Path = WEB_DIR, *, dashboard: bool = True) -> Blueprint:
         file = files.get(name)
         if file is None:
             raise RequestError(404, f"Cannot {request.method} {request.path}")
-        headers = {
-            "Cache-Control": "no-cache",
-            "ETag": file.etag,
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-        }
-        if file.content_type.startswith("text/html"):
-            headers["Content-Security-Policy"] = CSP
-        if file.etag in request.headers.get("If-None-Match", ""):
+        # Nothing acceptable (identity;q=0 and no gzip): identity anyway, see protocol.content_coding.
+        coding = (choose_coding(accept_encoding(), file.coded) if file.coded else None) or IDENTITY
+        body, etag = file.representation(coding)
+        headers = _headers(file, etag)
+        if etag in request.headers.get("If-None-Match", ""):
             return Response(b"", status=304, headers=headers)
-        return Response(file.body, content_type=file.content_type, headers=headers)
+        if coding != IDENTITY:
+            headers["Content-Encoding"] = coding
+        return Response(body, content_type=file.content_type, headers=headers)
 
     @bp.get("/")
     async def chat_page() -> Response:

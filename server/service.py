@@ -32,6 +32,7 @@ from server.dashboard import dashboard_routes
 from server.frontdoor import MAX_HEAD_BYTES, FrontDoor
 from server.health import Health, ReportingStorage
 from server.http_app import create_app
+from server.http_compression import HttpCompression
 from server.http_handoff import HttpHandoff
 from server.hub import EngineApp, Hub, HubSettings
 from server.metrics import Metrics
@@ -183,12 +184,15 @@ class MinitalkServer:
         # The chat at / and the dashboard at /dashboard (static files and a metrics stream: never the hot path).
         # The dashboard shows what /metrics shows: with a metrics port, not on the public port either.
         dashboard = self.metrics_port is None
-        extra.append(web_routes(dashboard=dashboard))
+        compression = HttpCompression(config.http_compression_threshold) if config.http_compression == "on" else None
+        extra.append(web_routes(dashboard=dashboard, compression=compression))
         # The alert rules of deploy/prometheus/alerts.yml, evaluated here for the dashboard's alerts panel.
         self.alerting = Alerting(self.metrics.registry)
         if dashboard:
             extra.append(dashboard_routes(self.metrics.registry, self.health.stopping, alerts=self.alerting.firing))
         app = create_app(services, extra=extra)
+        if compression is not None:
+            compression.install(app)
         self.http = HttpHandoff(
             app,
             _hypercorn_config(config),
