@@ -117,6 +117,46 @@ class SlowPhases(msgspec.Struct, kw_only=True):
     verdict: str = ""
 
 
+class Wire(msgspec.Struct, kw_only=True):
+    """Bytes the websocket members received after their handshakes, per message delivered to them: the members
+    that agreed on permessage-deflate apart from the rest (bench/inflate.py). Long-polling members are left out.
+    A record written before issue 18 has none: every count 0, every rate NaN."""
+
+    deflate_members: int = 0  # agreed on permessage-deflate
+    plain_members: int = 0  # did not: never offered, or offered and declined
+    declined: int = 0  # of the plain members, those that offered and got an answer without the extension
+    deflate_bytes: int = 0  # received off the socket, before inflating
+    plain_bytes: int = 0
+    deflate_delivered: int = 0  # deliveries to those members (duplicates included)
+    plain_delivered: int = 0
+    inflated: int = 0  # compressed messages the deflate members inflated
+    deflate_bytes_per_message: float = NAN  # deflate_bytes / deflate_delivered (NaN: no such member or delivery)
+    plain_bytes_per_message: float = NAN
+
+    @classmethod
+    def of(cls, members: list[tuple[bool, bool, int, int, int]]) -> Wire:
+        """From (offered, negotiated, wire bytes, inflated, delivered) per member."""
+        wire = cls()
+        for offered, negotiated, received, inflated, delivered in members:
+            if negotiated:
+                wire.deflate_members += 1
+                wire.deflate_bytes += received
+                wire.deflate_delivered += delivered
+                wire.inflated += inflated
+            else:
+                wire.plain_members += 1
+                wire.declined += offered
+                wire.plain_bytes += received
+                wire.plain_delivered += delivered
+        wire.deflate_bytes_per_message = _per(wire.deflate_bytes, wire.deflate_delivered)
+        wire.plain_bytes_per_message = _per(wire.plain_bytes, wire.plain_delivered)
+        return wire
+
+
+def _per(total: int, count: int) -> float:
+    return round(total / count, 1) if count else NAN
+
+
 class Result(msgspec.Struct, kw_only=True):
     schema: int = SCHEMA
     scenario: str
@@ -143,6 +183,10 @@ class Result(msgspec.Struct, kw_only=True):
     churn: dict[str, float] = {}
     slow_members: list[SlowMember] = []
     slow_phases: SlowPhases = msgspec.field(default_factory=SlowPhases)
+    wire: Wire = msgspec.field(default_factory=Wire)
+    # The server's CPU seconds (user + system, from the load's start to the end of its drain) over the messages it
+    # accepted, in µs. NaN: a server we did not start (no pid), or a record written before the field.
+    server_cpu_us_per_message: float = NAN
 
     def save(self, directory: Path, stem: str) -> Path:
         return _write_json(directory / f"{stem}.json", self)

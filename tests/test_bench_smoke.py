@@ -116,3 +116,44 @@ def test_mixed_run_recovers_what_churners_missed(tmp_path: Path) -> None:
     assert counts["lost"] == counts["duplicated"] == counts["out_of_order"] == 0
     churn = data["churn"]  # 5 churners, actions at 3, 6 and 9 s: history read, leave+rejoin, reconnect
     assert churn["history_reads"] >= 5 and churn["rejoins"] == 5 and churn["reconnects"] == 5
+
+
+@pytest.fixture(scope="module")
+def compression_results(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """large-messages for 2 s against a fresh server with compression on, then one with it off (issue 18)."""
+    out = tmp_path_factory.mktemp("bench-deflate")
+    args = ["run", "large-messages", "--duration", "2", "--rate", "150", "--ws-compression", "on,off"]
+    done = bench(*args, "--no-live", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return sorted(out.glob("*-large-messages-durable-ws-compression-on-off-*.json"))
+
+
+def test_large_messages_on_and_off_lose_nothing_and_deflate_members_read_fewer_bytes(
+    compression_results: list[Path],
+) -> None:
+    on, off = (load(path) for path in compression_results)
+    assert [on.server["name"], off.server["name"]] == [
+        "minitalk-trio (durable, ws-compression on)",
+        "minitalk-trio (durable, ws-compression off)",
+    ]
+    for result in (on, off):
+        assert result.counts.lost == result.counts.duplicated == result.counts.out_of_order == 0
+        assert result.counts.delivered == result.counts.expected_deliveries > 0
+        assert result.server_cpu_us_per_message > 0
+        assert result.parameters["deflate_offered_members"] == 15  # half the quick preset's 30 users
+    # On: the members that offered agreed, and each message reached them in fewer bytes than the plain members'.
+    assert (on.wire.deflate_members, on.wire.plain_members, on.wire.declined) == (15, 15, 0)
+    assert 0 < on.wire.deflate_bytes_per_message < on.wire.plain_bytes_per_message / 2
+    assert on.wire.inflated > 0 and on.server_metrics["ws_deflate_total"] > 0
+    assert on.server_metrics["ws_compressed_frames_total"] >= on.wire.inflated
+    # Off: every offer declined, nothing deflated; the plain members read what they read with it on.
+    assert (off.wire.deflate_members, off.wire.declined) == (0, 15)
+    assert off.server_metrics["ws_deflate_total"] == off.server_metrics["ws_compressed_frames_total"] == 0
+    assert abs(off.wire.plain_bytes_per_message / on.wire.plain_bytes_per_message - 1) < 0.1
+
+
+def test_the_on_off_report_puts_the_settings_side_by_side(compression_results: list[Path]) -> None:
+    [page] = {path.with_name(path.stem.rsplit("-", 1)[0] + ".md") for path in compression_results}
+    text = page.read_text()
+    assert "| ws-compression off / ws-compression on |" in text
+    assert "| wire bytes / delivered message, deflate members |" in text and "| lost | 0 | 0 |" in text
