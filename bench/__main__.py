@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench import commands, recvcost, scenarios, stress
+from bench import commands, idle, recvcost, scenarios, stress
 from bench import compare as compare_mod
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -197,6 +197,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     recvcost.add_arguments(cost)
+    idle_parser = sub.add_parser(
+        "idle-connections",
+        help="the server's RSS per idle websocket connection, with and without permessage-deflate",
+        description=idle.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    idle.add_arguments(idle_parser)
     return p
 
 
@@ -232,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "receive-cost":
         return recvcost.run(args)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.command == "idle-connections":
+        return idle.run(args, command, args.out or RESULTS)
     if args.command == "peers":
         return commands.run_peers(args, command)
     if args.scenario == "stress":

@@ -15,7 +15,18 @@ from bench import report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
 from bench.report import ratio_table, steps_table, stress_table
-from bench.result import Ramp, Repeats, Result, Step, StressRecord, git_commit, load_any, machine, reference_ms
+from bench.result import (
+    IdleRecord,
+    Ramp,
+    Repeats,
+    Result,
+    Step,
+    StressRecord,
+    git_commit,
+    load_any,
+    machine,
+    reference_ms,
+)
 
 
 def slow_reading(args: argparse.Namespace) -> scenarios.SlowReading | None:
@@ -223,6 +234,8 @@ def _load(parser: argparse.ArgumentParser, path: Path) -> Result | StressRecord 
         parser.error(f"{path}: not a bench result, record of repeats or stress record: {exc}")
     except msgspec.DecodeError as exc:
         parser.error(f"{path}: not JSON: {exc}")
+    if isinstance(record, IdleRecord):
+        parser.error(f"{path}: a record of idle connections (memory), which compare does not read")
     return record
 
 

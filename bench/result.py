@@ -272,15 +272,42 @@ class Repeats(_Record, kw_only=True):
     runs: list[Result] = []
 
 
+class IdleRun(msgspec.Struct, kw_only=True):
+    """One fresh server's memory before and after idle websocket members connected (bench/idle.py)."""
+
+    deflate_share: float  # of the members, offering permessage-deflate
+    rooms: int  # rooms the members are in (0: none)
+    asked: int  # members meant to connect
+    connected: int
+    offered: int  # members that offered permessage-deflate
+    negotiated: int  # connected members the server agreed on it with
+    connect_s: float  # seconds to connect them all
+    settle_s: float  # seconds idle before the RSS was taken
+    rss_before_mb: float  # users and rooms made, nobody connected
+    rss_after_mb: float  # every member connected and idle
+    rss_per_connection_kb: float  # (after - before) / connected
+    descriptor_limit: int  # the load generator's RLIMIT_NOFILE (soft, after raising it)
+    server: dict[str, Any] = {}
+    errors: list[str] = []
+
+
+class IdleRecord(_Record, kw_only=True):
+    """``idle-connections``: a run per share of members offering permessage-deflate, each on a fresh server."""
+
+    kind: str = "idle-connections"
+    runs: list[IdleRun] = []
+
+
 def _write_json(path: Path, record: msgspec.Struct) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(record), indent=2))
     return path
 
 
-def load_any(path: Path) -> Result | StressRecord | Repeats:
-    """A run's result, a stress record (also the unversioned list of ramps that early runs wrote) or a record of
-    repeats. Raises OSError (unreadable), msgspec.DecodeError (not JSON), msgspec.ValidationError (not a record)."""
+def load_any(path: Path) -> Result | StressRecord | Repeats | IdleRecord:
+    """A run's result, a stress record (also the unversioned list of ramps that early runs wrote), a record of
+    repeats or of idle connections. Raises OSError (unreadable), msgspec.DecodeError (not JSON),
+    msgspec.ValidationError (not a record)."""
     raw = _read_json(path)
     if isinstance(raw, list):
         raw = {"kind": "stress", "ramps": raw}
@@ -290,6 +317,8 @@ def load_any(path: Path) -> Result | StressRecord | Repeats:
         return msgspec.convert(raw, type=StressRecord)
     if isinstance(raw, dict) and raw.get("kind") == "repeats":
         return msgspec.convert(raw, type=Repeats)
+    if isinstance(raw, dict) and raw.get("kind") == "idle-connections":
+        return msgspec.convert(raw, type=IdleRecord)
     return msgspec.convert(raw, type=Result)
 
 

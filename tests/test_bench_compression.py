@@ -1,7 +1,7 @@
 """Issue 18's bench pieces without a server: the chat text, the large-messages scenario and the knobs that give any
 scenario a message size and a share of members offering permessage-deflate, what the workers are told, how a
-result's bytes on the wire and CPU per message are worked out, the on/off report and the flags refused. The smoke
-tests (tests/test_bench_smoke.py) run them against real servers."""
+result's bytes on the wire and CPU per message are worked out, the on/off report, the flags refused and the idle
+members' rooms. The smoke tests (tests/test_bench_smoke.py) run them against real servers."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import msgspec
 import pytest
 
 from bench import __main__ as cli
-from bench import chattext, report, scenarios, worker
+from bench import chattext, idle, report, scenarios, worker
 from bench.accounting import StreamSummary
-from bench.result import Counts, Result, Throughput, Wire
+from bench.result import Counts, IdleRecord, Result, Throughput, Wire, load_any
 from bench.runner import cpu_per_message, plan_workers, wire_of
 from bench.target import Target
 
@@ -203,3 +203,24 @@ def test_compression_flags_that_would_do_something_else_than_asked_are_refused(
         cli.main(argv)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+# -- idle connections ---------------------------------------------------------------------------------------------
+def test_idle_members_are_in_rooms_of_six_made_by_one_creator_or_in_none() -> None:
+    shaped = idle.idle_scenario(14, rooms=True)
+    assert shaped.users == 14 and shaped.sends == []
+    assert shaped.rooms == [[0, 1, 2, 3, 4, 5, 6], [0, 7, 8, 9, 10, 11, 12], [0, 13]]
+    assert idle.idle_scenario(14, rooms=False).rooms == []
+    assert [idle._offers(i, 0.5) for i in range(4)] == [False, True, False, True]
+    assert idle.shares_of("0,1") == [0.0, 1.0]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        idle.shares_of("0,2")
+
+
+def test_compare_refuses_a_record_of_idle_connections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = IdleRecord(command="python -m bench idle-connections").save(tmp_path / "idle.json")
+    assert isinstance(load_any(path), IdleRecord)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["compare", str(path), str(path)])
+    assert exited.value.code == 2
+    assert "a record of idle connections" in capsys.readouterr().err

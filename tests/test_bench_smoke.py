@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.compare import compare
-from bench.result import load
+from bench.result import IdleRecord, load, load_any
 from bench.scenarios import original_offered_rate, preset
 from tests.server_process import ROOT
 
@@ -157,3 +157,17 @@ def test_the_on_off_report_puts_the_settings_side_by_side(compression_results: l
     text = page.read_text()
     assert "| ws-compression off / ws-compression on |" in text
     assert "| wire bytes / delivered message, deflate members |" in text and "| lost | 0 | 0 |" in text
+
+
+def test_idle_connections_measures_memory_with_and_without_deflate(tmp_path: Path) -> None:
+    args = ["idle-connections", "--count", "40", "--deflate-share", "0,1", "--settle", "0.5", "--no-rooms"]
+    done = bench(*args, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    [path] = tmp_path.glob("*-idle-connections.json")
+    record = load_any(path)
+    assert isinstance(record, IdleRecord)
+    plain, deflate = record.runs
+    assert (plain.connected, plain.offered, plain.negotiated) == (40, 0, 0)
+    assert (deflate.connected, deflate.offered, deflate.negotiated) == (40, 40, 40)
+    assert all(run.rss_after_mb > 0 and run.errors == [] and run.rooms == 0 for run in record.runs)
+    assert "| RSS per connection KB |" in path.with_suffix(".md").read_text()
