@@ -74,6 +74,9 @@ class Client:
         self._templates: dict[tuple[int, str], bytes] = {}  # (room, padding) → frame_for's payload, pre-encoded
         self._tail = b""
         self.offered = False  # asked for permessage-deflate in its handshake (``negotiated``: and got it)
+        # Where ``take`` puts its latencies: a member that agreed on permessage-deflate keeps them apart, so that a
+        # result can tell what compression adds on the server's side (both groups) from the inflating (one).
+        self.recorder = stats.deliveries
         # Bytes its receive loop read (for a member behind an InflatingStream: after inflating). One add per
         # read, kept in a local of the hot loop and added here when the loop ends.
         self.read_bytes = 0
@@ -156,6 +159,7 @@ class Client:
             await _read_until(inflating, b'40{"sid"', buffer)
             inflating.inflater.wire_bytes = 0  # from here on: what the run receives
             client = cls(inflating, index, stats, check=check)
+            client.recorder = stats.deflate_deliveries
         client.offered = True
         return client
 
@@ -227,7 +231,7 @@ class Client:
         appended to an array (recorded into histograms once a second). Acks are scanned for only while some
         are owed.
         """
-        record = self.stats.deliveries.pending.append  # swapped only by Stats.tick, never during this call
+        record = self.recorder.pending.append  # swapped only by Stats.tick, never during this call
         streams = self._streams
         remote = self._remote_streams
         match = None
@@ -435,6 +439,7 @@ class Stats:
 
     def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.deliveries = Recorder()  # checked deliveries at full speed: their latency
+        self.deflate_deliveries = Recorder()  # ... of the members that agreed on permessage-deflate
         self.acks = Recorder()
         # A cluster: the senders whose messages went through another process than this worker's members,
         # and those deliveries' latency (the NOTIFY hop and the read), also counted in the delivery latency.
@@ -462,10 +467,14 @@ class Stats:
 
     @property
     def delivered(self) -> int:
-        return len(self.deliveries) + self._slow_delivered + self._counted
+        return len(self.deliveries) + len(self.deflate_deliveries) + self._slow_delivered + self._counted
 
     def delivery_latency(self) -> Histogram:
-        return self.deliveries.histogram()
+        """Every checked delivery at full speed, the members that inflate included."""
+        both = Histogram()
+        both.add(self.deliveries.histogram())
+        both.add(self.deflate_deliveries.histogram())
+        return both
 
     def ack_latency(self) -> Histogram:
         return self.acks.histogram()
@@ -500,7 +509,9 @@ class Stats:
         with self._lock:
             counted, self._second_counted = self._second_counted, 0
         sent, acked, slow = self.second
-        self.last_second = second = self.deliveries.close_second()
+        self.last_second = second = Histogram()
+        second.add(self.deliveries.close_second())
+        second.add(self.deflate_deliveries.close_second())
         self.acks.close_second()
         delivered = second.count + slow + counted
         self.timeline.append((sent, acked, delivered, second.encode()))

@@ -132,6 +132,10 @@ class Wire(msgspec.Struct, kw_only=True):
     inflated: int = 0  # compressed messages the deflate members inflated
     deflate_bytes_per_message: float = NAN  # deflate_bytes / deflate_delivered (NaN: no such member or delivery)
     plain_bytes_per_message: float = NAN
+    # The checked deliveries' latency, each group's (delivery_latency_ms: both): compression's cost on the server's
+    # side shows in both, the inflating in the first alone. When no member agreed, the plain one is every delivery's.
+    deflate_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
+    plain_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
 
     @classmethod
     def of(cls, members: list[tuple[bool, bool, int, int, int]]) -> Wire:

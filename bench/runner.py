@@ -432,7 +432,7 @@ def _result(
         errors=[e[:500] for rep in reports for e in rep.errors][:20] + errors,
         notes=notes,
         slow_members=slow_members,
-        wire=wire_of(reports, seen, counted),
+        wire=wire_of(reports, seen, counted, everyone=delivery),
         server_cpu_us_per_message=cpu_per_message(sampler.samples, delta.get(ACCEPTED, acked)),
     )
     if slow_phases is not None:
@@ -441,19 +441,34 @@ def _result(
 
 
 def wire_of(
-    reports: list[worker.WorkerReport], seen: dict[tuple[int, int, int], StreamSummary], counted: dict[int, int]
+    reports: list[worker.WorkerReport],
+    seen: dict[tuple[int, int, int], StreamSummary],
+    counted: dict[int, int],
+    *,
+    everyone: Histogram | None = None,
 ) -> Wire:
-    """The websocket members' bytes received per delivered message, deflate and plain apart."""
+    """The websocket members' bytes received per delivered message and their delivery latency, deflate and plain
+    apart. When no member agreed on deflate, the plain members' latency is ``everyone``'s (every checked delivery's).
+    """
     delivered = dict(counted)
     for (member, _, _), summary in seen.items():
         delivered[member] = delivered.get(member, 0) + summary.delivered
-    return Wire.of(
+    wire = Wire.of(
         [
             (m.offered, m.negotiated, m.wire_bytes, m.inflated, delivered.get(m.member, 0))
             for rep in reports
             for m in rep.wire
         ]
     )
+    if any(rep.deflate_hist or rep.plain_hist for rep in reports):
+        deflate, plain = Histogram(), Histogram()
+        for rep in reports:
+            deflate.add(Histogram.decode(rep.deflate_hist))
+            plain.add(Histogram.decode(rep.plain_hist))
+        wire.deflate_latency_ms, wire.plain_latency_ms = deflate.summary_ms(), plain.summary_ms()
+    elif everyone is not None and wire.plain_members:
+        wire.plain_latency_ms = everyone.summary_ms()
+    return wire
 
 
 ACCEPTED = "minitalk_messages_accepted_total"  # our server's; a peer's accepted messages are the acked ones

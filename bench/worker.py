@@ -94,6 +94,10 @@ class WorkerReport(msgspec.Struct, frozen=True):
     slow_hist: str = ""  # the slow members' delivery latency
     slow_timeline: list[str] = []  # ... per second
     wire: list[MemberWire] = []  # websocket members' bytes received (long-polling members are left out)
+    # When a member agreed on permessage-deflate: the checked deliveries' latency, those members' and the others'
+    # apart (delivery_hist has both).
+    deflate_hist: str = ""
+    plain_hist: str = ""
 
 
 def main(plan_bytes: bytes, queue: Any, start_event: Any, start_at: Any) -> None:
@@ -168,7 +172,18 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
         slow_timeline=stats.slow_timeline,
         cross_hist=stats.cross_latency.encode() if stats.remote_senders else "",
         wire=[_wire(c, wire_by_member) for c in clients if c.socket_stream is not None],
+        **_latency_by_group(clients, stats),
     )
+
+
+def _latency_by_group(clients: list[Client], stats: Stats) -> dict[str, str]:
+    """The deflate members' and the plain members' delivery latency, when some member agreed on deflate."""
+    if not any(c.negotiated for c in clients):
+        return {}
+    return {
+        "deflate_hist": stats.deflate_deliveries.histogram().encode(),
+        "plain_hist": stats.deliveries.histogram().encode(),
+    }
 
 
 def _wire(client: Client, count_only: dict[int, int]) -> MemberWire:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from array import array
 from pathlib import Path
 
 import msgspec
@@ -15,6 +16,7 @@ import pytest
 from bench import __main__ as cli
 from bench import chattext, idle, report, scenarios, worker
 from bench.accounting import StreamSummary
+from bench.histogram import Histogram
 from bench.result import Counts, IdleRecord, Result, Throughput, Wire, load_any
 from bench.runner import cpu_per_message, plan_workers, wire_of
 from bench.target import Target
@@ -120,6 +122,17 @@ def test_bytes_on_the_wire_are_per_message_delivered_to_each_group() -> None:
     assert (wire.deflate_members, wire.plain_members, wire.declined, wire.inflated) == (1, 2, 1, 9)
     assert (wire.deflate_bytes_per_message, wire.plain_bytes_per_message) == (1_000.0, 4_200.0)
     assert math.isnan(Wire.of([]).deflate_bytes_per_message)  # nobody in the group
+    everyone = Histogram.of(array("q", [5_000] * 10))
+    assert wire_of(reports, seen, {1: 10, 2: 10}, everyone=everyone).plain_latency_ms.p50 == pytest.approx(
+        5.0, rel=0.01
+    )
+    grouped = msgspec.structs.replace(
+        reports[0],
+        deflate_hist=Histogram.of(array("q", [9_000] * 4)).encode(),
+        plain_hist=Histogram.of(array("q", [2_000] * 4)).encode(),
+    )
+    apart = wire_of([grouped], seen, {1: 10, 2: 10}, everyone=everyone)
+    assert (apart.deflate_latency_ms.p50, apart.plain_latency_ms.p50) == pytest.approx((9.0, 2.0), rel=0.01)
 
 
 def test_server_cpu_per_message_spans_the_samples() -> None:

@@ -174,6 +174,17 @@ def test_a_checking_member_sees_every_compressed_delivery_once_in_order(cut: int
         assert (tracker.next, tracker.missing, tracker.delivered, tracker.duplicates) == (50, set(), 50, 0)
 
 
+def test_the_latencies_of_members_that_inflate_are_kept_apart_and_counted_with_the_rest() -> None:
+    stats = Stats()
+    plain, inflating = Client(None, 0, stats), Client(None, 1, stats)  # type: ignore[arg-type]
+    inflating.recorder = stats.deflate_deliveries  # what the handshake does when the server agrees
+    plain.consume(b"".join(reads(60, 1, 6, 10)), NOW_NS)
+    inflating.consume(b"".join(reads(30, 1, 6, 10)), NOW_NS)
+    assert (len(stats.deliveries), len(stats.deflate_deliveries), stats.delivered) == (60, 30, 90)
+    assert stats.tick()[2] == 90 and stats.last_second.count == 90
+    assert stats.delivery_latency().count == 90 and stats.deflate_deliveries.histogram().count == 30
+
+
 # -- on a socket --------------------------------------------------------------------------------------------------
 def test_the_count_only_reader_counts_compressed_and_plain_members_and_their_bytes() -> None:
     compressed = b"".join(reads(200, 1, 2, 2000, content=Content(chat_text=True, deflate=True)))
@@ -258,6 +269,8 @@ async def test_the_handshake_keeps_a_frame_that_follows_the_connect_reply(agrees
         with trio.fail_after(10):  # a hang guard
             client = await Client.connect("127.0.0.1", port, "t", 0, Stats(), deflate=True)
         assert client.offered and client.negotiated is agrees
+        stats = client.stats
+        assert client.recorder is (stats.deflate_deliveries if agrees else stats.deliveries)
         if agrees:
             stream = client.stream
             assert isinstance(stream, InflatingStream)

@@ -146,10 +146,12 @@ def test_large_messages_on_and_off_lose_nothing_and_deflate_members_read_fewer_b
     assert 0 < on.wire.deflate_bytes_per_message < on.wire.plain_bytes_per_message / 2
     assert on.wire.inflated > 0 and on.server_metrics["ws_deflate_total"] > 0
     assert on.server_metrics["ws_compressed_frames_total"] >= on.wire.inflated
+    assert on.wire.deflate_latency_ms.p50 > 0 and on.wire.plain_latency_ms.p50 > 0  # each group's apart
     # Off: every offer declined, nothing deflated; the plain members read what they read with it on.
     assert (off.wire.deflate_members, off.wire.declined) == (0, 15)
     assert off.server_metrics["ws_deflate_total"] == off.server_metrics["ws_compressed_frames_total"] == 0
     assert abs(off.wire.plain_bytes_per_message / on.wire.plain_bytes_per_message - 1) < 0.1
+    assert off.wire.plain_latency_ms == off.delivery_latency_ms  # everyone is plain
 
 
 def test_the_on_off_report_puts_the_settings_side_by_side(compression_results: list[Path]) -> None:
