@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bench import commands, recvcost, scenarios, stress
+from bench import commands, idle, recvcost, scenarios, stress
 from bench import compare as compare_mod
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,6 +34,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _settings(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",")]
+    if not values or any(v not in ("on", "off") for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text} is not on, off, or both separated by a comma (on,off)")
+    return values
+
+
+def _compression_flags(parser: argparse.ArgumentParser, *, ours: bool = False) -> None:
+    """The scenario's message size and deflate share; ``ours``: also the setting of the server ``run`` starts."""
+    parser.add_argument(
+        "--deflate-share",
+        type=_share,
+        help="fraction of the websocket members (0-1) that offer permessage-deflate (default: the scenario's,"
+        " 0.5 for large-messages, else 0)",
+    )
+    parser.add_argument(
+        "--message-bytes",
+        type=_positive_int,
+        help="each message carries chat-like text of this many characters (bench/chattext.py) instead of the"
+        " scenario's content (at most the server's --max-content-chars, 10,000, less the 40-60 character stamp)",
+    )
+    if ours:
+        parser.add_argument(
+            "--ws-compression",
+            type=_settings,
+            default=[],
+            metavar="on|off|on,off",
+            help="start our server with this --ws-compression; on,off: a fresh server of each setting, one report"
+            " with a column per setting (default: the server's default, on)",
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description="The minitalk-trio benchmark instrument.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -41,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "scenario",
         help="tiny, light, quick, medium, strong, extreme, mega, single, multipub, ingest,"
-        " fanout, slow-consumer, slow-readers, mixed, endurance, smoke, stress",
+        " fanout, slow-consumer, slow-readers, mixed, endurance, large-messages, smoke, stress",
     )
     run.add_argument(
         "--duration",
@@ -85,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         " compare decides on (median and spread); default 1",
     )
     _slow_flags(run)
+    _compression_flags(run, ours=True)
     cmp = sub.add_parser(
         "compare",
         help="compare runs of OLD and NEW; exit 1 if NEW regressed past the noise, 3 if inconclusive, 2 on a usage"
@@ -155,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     peers.add_argument("--out", type=Path, default=RESULTS)
     _slow_flags(peers)
+    _compression_flags(peers)
     sub.add_parser("list", help="list the scenarios")
     cost = sub.add_parser(
         "receive-cost",
@@ -163,6 +197,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     recvcost.add_arguments(cost)
+    idle_parser = sub.add_parser(
+        "idle-connections",
+        help="the server's RSS per idle websocket connection, with and without permessage-deflate",
+        description=idle.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    idle.add_arguments(idle_parser)
     return p
 
 
@@ -198,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "receive-cost":
         return recvcost.run(args)
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.command == "idle-connections":
+        return idle.run(args, command, args.out or RESULTS)
     if args.command == "peers":
         return commands.run_peers(args, command)
     if args.scenario == "stress":
@@ -218,6 +261,7 @@ def _check_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
     if args.command != "run":
         return
     _check_repeat(parser, args)
+    _check_compression(parser, args)
     if args.shape not in scenarios.names()[:-1]:
         parser.error(f"unknown --shape {args.shape!r}; known: {', '.join(scenarios.names()[:-1])}")
     if args.pid is not None and not args.url:
@@ -254,6 +298,22 @@ def _check_repeat(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("--repeat does not apply to stress (compare two stress records, one a side)")
     if args.repeat > 1 and args.profile:
         parser.error("--profile records one run: drop --repeat")
+
+
+def _check_compression(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--ws-compression`` starts our server: refused with a running one, and a list with what runs it once."""
+    if args.ws_compression and args.url:
+        parser.error("--ws-compression starts our server with that setting: a running server (--url) has its own")
+    if len(args.ws_compression) < 2:
+        return
+    refused = (
+        ("stress", args.scenario == "stress", "ramp each setting in its own run stress --ws-compression X"),
+        ("--repeat", args.repeat > 1, "one run a setting"),
+        ("--profile", args.profile, "profile one setting"),
+    )
+    for what, given, why in refused:
+        if given:
+            parser.error(f"--ws-compression with several settings does not apply to {what} ({why})")
 
 
 def _check_slow_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

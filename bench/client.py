@@ -23,6 +23,7 @@ import trio
 
 from bench.accounting import StreamTracker
 from bench.histogram import Histogram
+from bench.inflate import OFFER, FrameInflater, InflatingStream, agreement
 from bench.polling import PollingStream
 from bench.slowread import MemberWatch
 from bench.wire import client_frame, pongs_for
@@ -72,11 +73,44 @@ class Client:
         self._owed = b""  # pongs due while a send held the lock
         self._templates: dict[tuple[int, str], bytes] = {}  # (room, padding) → frame_for's payload, pre-encoded
         self._tail = b""
+        self.offered = False  # asked for permessage-deflate in its handshake (``negotiated``: and got it)
+        # Where ``take`` puts its latencies: a member that agreed on permessage-deflate keeps them apart, so that a
+        # result can tell what compression adds on the server's side (both groups) from the inflating (one).
+        self.recorder = stats.deliveries
+        # Bytes its receive loop read (for a member behind an InflatingStream: after inflating). One add per
+        # read, kept in a local of the hot loop and added here when the loop ends.
+        self.read_bytes = 0
+
+    @property
+    def negotiated(self) -> bool:
+        """The server agreed on permessage-deflate: reads go through a FrameInflater."""
+        return isinstance(self.stream, InflatingStream)
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes received off the socket after the handshake (before inflating)."""
+        return self.stream.inflater.wire_bytes if isinstance(self.stream, InflatingStream) else self.read_bytes
+
+    @property
+    def socket_stream(self) -> trio.SocketStream | None:
+        """The TCP stream under this member (None: long-polling), for the count-only reader thread."""
+        stream = self.stream.stream if isinstance(self.stream, InflatingStream) else self.stream
+        return stream if isinstance(stream, trio.SocketStream) else None
 
     @classmethod
     async def connect(
-        cls, host: str, port: int, token: str, index: int, stats: Stats, *, check: bool = True, polling: bool = False
+        cls,
+        host: str,
+        port: int,
+        token: str,
+        index: int,
+        stats: Stats,
+        *,
+        check: bool = True,
+        polling: bool = False,
+        deflate: bool = False,
     ) -> Client:
+        """One member connected (Socket.IO CONNECT answered); ``deflate``: offer permessage-deflate."""
         if polling:
             return cls(await PollingStream.connect(host, port, token), index, stats, check=check)
         stream = await trio.open_tcp_stream(host, port)
@@ -88,8 +122,12 @@ class Client:
             + host.encode()
             + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "
             + key
-            + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + b"\r\nSec-WebSocket-Version: 13\r\n"
+            + (OFFER if deflate else b"")
+            + b"\r\n"
         )
+        if deflate:
+            return await cls._connect_offering(stream, index, stats, check=check)
         # As real clients do: CONNECT only after the Engine.IO OPEN packet (some servers drop earlier frames).
         buffer = await _read_until(stream, b'0{"sid"', b"")
         if not buffer.startswith(b"HTTP/1.1 101"):
@@ -97,6 +135,33 @@ class Client:
         await stream.send_all(client_frame(b"40"))
         await _read_until(stream, b'40{"sid"', buffer)
         return cls(stream, index, stats, check=check)
+
+    @classmethod
+    async def _connect_offering(cls, stream: trio.SocketStream, index: int, stats: Stats, *, check: bool) -> Client:
+        """The rest of a handshake that offered permessage-deflate: the answer read up to its blank line, then
+        every frame through a FrameInflater if the server agreed (so none is cut in two between the handshake
+        and the receive loop)."""
+        buffer = await _read_until(stream, b"\r\n\r\n", b"")
+        head, rest = buffer.split(b"\r\n\r\n", 1)
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise ConnectionError(buffer[:200].decode(errors="replace"))
+        agreed = agreement(head)
+        if agreed is None:  # declined (compression off): a plain member that offered
+            buffer = await _read_until(stream, b'0{"sid"', rest)
+            await stream.send_all(client_frame(b"40"))
+            await _read_until(stream, b'40{"sid"', buffer)
+            client = cls(stream, index, stats, check=check)
+        else:
+            inflating = InflatingStream(stream, FrameInflater(agreed))
+            buffer = inflating.inflater.feed(rest)
+            buffer = await _read_until(inflating, b'0{"sid"', buffer)
+            await stream.send_all(client_frame(b"40"))
+            await _read_until(inflating, b'40{"sid"', buffer)
+            inflating.inflater.wire_bytes = 0  # from here on: what the run receives
+            client = cls(inflating, index, stats, check=check)
+            client.recorder = stats.deflate_deliveries
+        client.offered = True
+        return client
 
     async def send(self, data: bytes) -> None:
         async with self._send_lock:
@@ -139,12 +204,17 @@ class Client:
         if self.watch is not None:
             await self._watched_loop(self.watch)
             return
-        while True:
-            data = await self.stream.receive_some(_READ)
-            if not data:
-                return
-            self.consume(data, time.monotonic_ns())
-            await self._answer_pings(data)
+        got = 0
+        try:
+            while True:
+                data = await self.stream.receive_some(_READ)
+                if not data:
+                    return
+                got += len(data)
+                self.consume(data, time.monotonic_ns())
+                await self._answer_pings(data)
+        finally:
+            self.read_bytes += got
 
     def consume(self, data: bytes | bytearray, now: int) -> None:
         """One read of the checked path, pings aside: what ``python -m bench receive-cost`` times."""
@@ -161,7 +231,7 @@ class Client:
         appended to an array (recorded into histograms once a second). Acks are scanned for only while some
         are owed.
         """
-        record = self.stats.deliveries.pending.append  # swapped only by Stats.tick, never during this call
+        record = self.recorder.pending.append  # swapped only by Stats.tick, never during this call
         streams = self._streams
         remote = self._remote_streams
         match = None
@@ -205,6 +275,7 @@ class Client:
             data = await self.stream.receive_some(watch.read_size())
             if not data:
                 return
+            self.read_bytes += len(data)
             now = time.monotonic_ns()
             buf = self._tail + data
             end = messages = worst = 0
@@ -238,6 +309,7 @@ class Client:
             data = await self.stream.receive_some(_READ)
             if not data:
                 return
+            self.read_bytes += len(data)
             buf = tail + data
             end = self.absorb(buf, live=True)
             tail = buf[max(end, len(buf) - _TAIL) :]
@@ -279,6 +351,7 @@ class Client:
             data = await self.stream.receive_some(_READ)
             if not data:
                 return
+            self.read_bytes += len(data)
             buf = tail + data
             found = buf.count(_CONTENT)
             self.counted += found
@@ -321,7 +394,7 @@ def _send_template(room_id: str, index: int, room: int, padding: str) -> bytes:
     )
 
 
-async def _read_until(stream: trio.SocketStream, marker: bytes, buffer: bytes) -> bytes:
+async def _read_until(stream: trio.abc.ReceiveStream, marker: bytes, buffer: bytes) -> bytes:
     while marker not in buffer:
         chunk = await stream.receive_some(65536)
         if not chunk:
@@ -366,6 +439,7 @@ class Stats:
 
     def __init__(self, clock: Callable[[], int] = time.monotonic_ns) -> None:
         self.deliveries = Recorder()  # checked deliveries at full speed: their latency
+        self.deflate_deliveries = Recorder()  # ... of the members that agreed on permessage-deflate
         self.acks = Recorder()
         # A cluster: the senders whose messages went through another process than this worker's members,
         # and those deliveries' latency (the NOTIFY hop and the read), also counted in the delivery latency.
@@ -393,10 +467,14 @@ class Stats:
 
     @property
     def delivered(self) -> int:
-        return len(self.deliveries) + self._slow_delivered + self._counted
+        return len(self.deliveries) + len(self.deflate_deliveries) + self._slow_delivered + self._counted
 
     def delivery_latency(self) -> Histogram:
-        return self.deliveries.histogram()
+        """Every checked delivery at full speed, the members that inflate included."""
+        both = Histogram()
+        both.add(self.deliveries.histogram())
+        both.add(self.deflate_deliveries.histogram())
+        return both
 
     def ack_latency(self) -> Histogram:
         return self.acks.histogram()
@@ -431,7 +509,9 @@ class Stats:
         with self._lock:
             counted, self._second_counted = self._second_counted, 0
         sent, acked, slow = self.second
-        self.last_second = second = self.deliveries.close_second()
+        self.last_second = second = Histogram()
+        second.add(self.deliveries.close_second())
+        second.add(self.deflate_deliveries.close_second())
         self.acks.close_second()
         delivered = second.count + slow + counted
         self.timeline.append((sent, acked, delivered, second.encode()))

@@ -15,7 +15,18 @@ from bench import report, runner, scenarios, stress, target
 from bench.live import LiveView
 from bench.peers import launch
 from bench.report import ratio_table, steps_table, stress_table
-from bench.result import Ramp, Repeats, Result, Step, StressRecord, git_commit, load_any, machine, reference_ms
+from bench.result import (
+    IdleRecord,
+    Ramp,
+    Repeats,
+    Result,
+    Step,
+    StressRecord,
+    git_commit,
+    load_any,
+    machine,
+    reference_ms,
+)
 
 
 def slow_reading(args: argparse.Namespace) -> scenarios.SlowReading | None:
@@ -36,6 +47,8 @@ def scenario_of(args: argparse.Namespace) -> scenarios.Scenario:
         members=args.members,
         polling_share=args.polling_share,
         slow=slow_reading(args),
+        deflate_share=args.deflate_share,
+        message_bytes=args.message_bytes,
     )
 
 
@@ -48,13 +61,15 @@ def run_list() -> int:
 
 def run_scenario(args: argparse.Namespace, command: str) -> int:
     """``run`` of one scenario (``--repeat N`` times, each on a fresh server): the result or the record of repeats."""
+    if len(args.ws_compression) > 1:
+        return run_compression_settings(args, command)
     scenario = scenario_of(args)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     stem = f"{stamp}-{scenario.name}-{args.mode if not args.url else 'external'}"
     profile = args.out / f"{stem}-flame.svg" if args.profile else None
     runs: list[Result] = []
     for i in range(args.repeat):
-        server = _server(args)  # a fresh server (and database) for each repeat: independent samples
+        server = _server(args, *args.ws_compression)  # a fresh server (and database) for each repeat
         try:
             before = reference_ms()
             result = _measure(args, scenario, server, profile)
@@ -68,6 +83,28 @@ def run_scenario(args: argparse.Namespace, command: str) -> int:
         write(runs[0], args.out, stem, command)
     else:
         write_repeats(runs, args.out, f"{stem}-x{args.repeat}", command)
+    return 0
+
+
+def run_compression_settings(args: argparse.Namespace, command: str) -> int:
+    """``run --ws-compression on,off``: the scenario against a fresh server of each setting, one report with a
+    column per setting and the figures issue 18 compares at the top."""
+    scenario = scenario_of(args)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    stem = f"{stamp}-{scenario.name}-{args.mode}-ws-compression-{'-'.join(args.ws_compression)}"
+    results: list[Result] = []
+    for setting in args.ws_compression:
+        server = _server(args, setting)
+        try:
+            before = reference_ms()
+            result = _measure(args, scenario, server, None)
+            result.machine["reference_ms"] = [before, reference_ms()]
+            results.append(result)
+        finally:
+            server.stop()
+        print(f"ws-compression {setting}: {summary(results[-1])}", flush=True)
+    intro = "## permessage-deflate, setting by setting\n\n" + report.compression_summary(results)
+    write(results, args.out, stem, command, intro=intro)
     return 0
 
 
@@ -188,7 +225,7 @@ def _records(parser: argparse.ArgumentParser, name: str, paths: list[Path]) -> l
 
 def _load(parser: argparse.ArgumentParser, path: Path) -> Result | StressRecord | Repeats:
     try:
-        return load_any(path)
+        record = load_any(path)
     except FileNotFoundError:
         parser.error(f"{path}: no such file or directory")
     except OSError as exc:
@@ -197,6 +234,9 @@ def _load(parser: argparse.ArgumentParser, path: Path) -> Result | StressRecord 
         parser.error(f"{path}: not a bench result, record of repeats or stress record: {exc}")
     except msgspec.DecodeError as exc:
         parser.error(f"{path}: not JSON: {exc}")
+    if isinstance(record, IdleRecord):
+        parser.error(f"{path}: a record of idle connections (memory), which compare does not read")
+    return record
 
 
 def _run_kind(result: Result) -> str:
@@ -230,17 +270,24 @@ def start_target(name: str) -> target.Target:
     return launch.start_peer(name)
 
 
-def _server(args: argparse.Namespace) -> target.Target:
-    """The server a run measures: a running one (``--url``, ``--also-url``) or ours, started for the run."""
+def _server(args: argparse.Namespace, ws_compression: str | None = None) -> target.Target:
+    """The server a run measures: a running one (``--url``, ``--also-url``) or ours, started for the run (with
+    ``--ws-compression`` set when given)."""
     if args.url:
         return target.external(args.url, args.pid, args.also_url)
-    return target.start_ours(args.mode, database=args.database)
+    return target.start_ours(args.mode, database=args.database, ws_compression=ws_compression)
 
 
 def run_stress(args: argparse.Namespace, command: str) -> int:
-    server = _server(args)
+    server = _server(args, *args.ws_compression)
     try:
-        base = scenarios.by_name(args.shape, members=args.members, polling_share=args.polling_share)
+        base = scenarios.by_name(
+            args.shape,
+            members=args.members,
+            polling_share=args.polling_share,
+            deflate_share=args.deflate_share,
+            message_bytes=args.message_bytes,
+        )
         ramp = stress.ramp(
             server,
             base,
@@ -352,7 +399,8 @@ def stress_record(ramps: list[Ramp], command: str) -> StressRecord:
     )
 
 
-def write(result: Result | list[Result], out: Path, stem: str, command: str) -> Path:
+def write(result: Result | list[Result], out: Path, stem: str, command: str, *, intro: str = "") -> Path:
+    """Each result's JSON and plots, and one Markdown report of them all (``intro`` before its main table)."""
     results = result if isinstance(result, list) else [result]
     out.mkdir(parents=True, exist_ok=True)
     images = {}
@@ -360,7 +408,7 @@ def write(result: Result | list[Result], out: Path, stem: str, command: str) -> 
         r.save(out, stem if len(results) == 1 else f"{stem}-{i}")
         images[r.server["name"]] = report.plots(r, out / "img", f"{stem}-{i}")
     md = out / f"{stem}.md"
-    md.write_text(report.markdown(results, images, out, command))
+    md.write_text(report.markdown(results, images, out, command, intro=intro))
     print(md.read_text())
     print(f"\nresults: {out / stem}.json, report: {md}")
     return md

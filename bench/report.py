@@ -122,7 +122,9 @@ def stress_plot(ramps: list[Ramp], path: Path) -> Path:
     return _save(fig, path)
 
 
-def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: Path, command: str) -> str:
+def markdown(
+    results: list[Result], images: dict[str, list[Path]], relative_to: Path, command: str, *, intro: str = ""
+) -> str:
     lines = [f"# Benchmark: {results[0].scenario}", "", f"Command: `{command}`", "", f"{results[0].description}", ""]
     if results[0].parameters.get("arithmetic"):
         lines += [f"Offered load: {results[0].parameters['arithmetic']}", ""]
@@ -131,6 +133,7 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         f"Machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}; git {results[0].git_commit};"
         f" {results[0].started_at}",
         "",
+        *([intro, "", "## Every figure", ""] if intro else []),
         "| | " + " | ".join(r.server["name"] for r in results) + " |",
         "|---|" + "---|" * len(results),
     ]
@@ -156,12 +159,15 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         # The load generator's share of its core over the load: next to the server's, so that a reader sees
         # whose limit a number is (above CLIENT_BOUND_CPU the run is marked client-bound).
         ("client CPU % (busiest worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
+        ("server CPU µs per message", lambda r: r.server_cpu_us_per_message),
         ("server RSS MB (max)", lambda r: max((s["rss_mb"] for s in r.server_resources), default=float("nan"))),
         # Ours only (from /metrics each second); n/a for the peers.
         ("server outbox MB (max)", _peak("outbox_mb")),
         ("server ingest queue (max)", _peak("ingest_queue")),
         ("event-loop lag ms (worst second)", _peak("loop_lag_ms")),
     ]
+    if any(r.wire.deflate_members or r.wire.declined for r in results):
+        rows += WIRE_ROWS
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(get(r)) for r in results) + " |")
     for r in results:
@@ -196,6 +202,65 @@ def markdown(results: list[Result], images: dict[str, list[Path]], relative_to: 
         lines += [f"![{p.stem}]({p.relative_to(relative_to)})" for p in paths]
         lines.append("")
     return "\n".join(lines)
+
+
+# permessage-deflate (issue 18): shown when a member of any of the runs offered it.
+WIRE_ROWS: list[tuple[str, Callable[[Result], float]]] = [
+    ("members with permessage-deflate", lambda r: r.wire.deflate_members),
+    ("members without it", lambda r: r.wire.plain_members),
+    ("of those, offered it and were declined", lambda r: r.wire.declined),
+    ("wire bytes per delivered message, deflate members", lambda r: r.wire.deflate_bytes_per_message),
+    ("wire bytes per delivered message, plain members", lambda r: r.wire.plain_bytes_per_message),
+    ("messages deflated by the server", lambda r: r.server_metrics.get("ws_deflate_total", float("nan"))),
+    ("compressed frames sent", lambda r: r.server_metrics.get("ws_compressed_frames_total", float("nan"))),
+]
+
+
+def compression_summary(results: list[Result]) -> str:
+    """The figures issue 18 compares, a column per run; with two runs, the second over the first as well."""
+    rows: list[tuple[str, Callable[[Result], float]]] = [
+        ("acked msgs/s", lambda r: r.throughput.acked_msgs_per_s),
+        ("deliveries/s", lambda r: r.throughput.deliveries_per_s),
+        ("wire bytes / delivered message, deflate members", lambda r: r.wire.deflate_bytes_per_message),
+        ("wire bytes / delivered message, plain members", lambda r: r.wire.plain_bytes_per_message),
+        ("server CPU % (mean)", lambda r: _mean(r.server_resources, "cpu_percent")),
+        ("server CPU µs per message", lambda r: r.server_cpu_us_per_message),
+        ("delivery p50 ms", lambda r: r.delivery_latency_ms.p50),
+        ("delivery p99 ms", lambda r: r.delivery_latency_ms.p99),
+        ("delivery p50 ms, deflate members", lambda r: r.wire.deflate_latency_ms.p50),
+        ("delivery p99 ms, deflate members", lambda r: r.wire.deflate_latency_ms.p99),
+        ("delivery p50 ms, plain members", lambda r: r.wire.plain_latency_ms.p50),
+        ("delivery p99 ms, plain members", lambda r: r.wire.plain_latency_ms.p99),
+        ("lost", lambda r: r.counts.lost),
+        ("duplicated", lambda r: r.counts.duplicated),
+        ("messages deflated (ws_deflate_total)", lambda r: r.server_metrics.get("ws_deflate_total", float("nan"))),
+        (
+            "compressed frames (ws_compressed_frames_total)",
+            lambda r: r.server_metrics.get("ws_compressed_frames_total", float("nan")),
+        ),
+        ("client CPU % (busiest worker)", lambda r: max(r.client_cpu_percent, default=float("nan"))),
+    ]
+    two = len(results) == 2
+    names = [r.server["name"] for r in results]
+    ratio_name = f" | {_setting(names[1])} / {_setting(names[0])} |" if two else " |"
+    lines = [
+        "| | " + " | ".join(names) + ratio_name,
+        "|---|" + "---|" * (len(results) + two),
+    ]
+    for label, get in rows:
+        values = [get(r) for r in results]
+        ratio = ""
+        if two:
+            a, b = values
+            ratio = f" | {b / a:,.2f}x" if a and not math.isnan(a) and not math.isnan(b) else " | n/a"
+        lines.append(f"| {label} | " + " | ".join(_fmt(v) for v in values) + ratio + " |")
+    return "\n".join(lines)
+
+
+def _setting(name: str) -> str:
+    """A column's short name: its ws-compression setting when its name has one."""
+    at = name.find("ws-compression ")
+    return name[at:].rstrip(")") if at >= 0 else name
 
 
 def headroom(result: Result) -> str:

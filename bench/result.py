@@ -117,6 +117,50 @@ class SlowPhases(msgspec.Struct, kw_only=True):
     verdict: str = ""
 
 
+class Wire(msgspec.Struct, kw_only=True):
+    """Bytes the websocket members received after their handshakes, per message delivered to them: the members
+    that agreed on permessage-deflate apart from the rest (bench/inflate.py). Long-polling members are left out.
+    A record written before issue 18 has none: every count 0, every rate NaN."""
+
+    deflate_members: int = 0  # agreed on permessage-deflate
+    plain_members: int = 0  # did not: never offered, or offered and declined
+    declined: int = 0  # of the plain members, those that offered and got an answer without the extension
+    deflate_bytes: int = 0  # received off the socket, before inflating
+    plain_bytes: int = 0
+    deflate_delivered: int = 0  # deliveries to those members (duplicates included)
+    plain_delivered: int = 0
+    inflated: int = 0  # compressed messages the deflate members inflated
+    deflate_bytes_per_message: float = NAN  # deflate_bytes / deflate_delivered (NaN: no such member or delivery)
+    plain_bytes_per_message: float = NAN
+    # The checked deliveries' latency, each group's (delivery_latency_ms: both): compression's cost on the server's
+    # side shows in both, the inflating in the first alone. When no member agreed, the plain one is every delivery's.
+    deflate_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
+    plain_latency_ms: Percentiles = msgspec.field(default_factory=Percentiles)
+
+    @classmethod
+    def of(cls, members: list[tuple[bool, bool, int, int, int]]) -> Wire:
+        """From (offered, negotiated, wire bytes, inflated, delivered) per member."""
+        wire = cls()
+        for offered, negotiated, received, inflated, delivered in members:
+            if negotiated:
+                wire.deflate_members += 1
+                wire.deflate_bytes += received
+                wire.deflate_delivered += delivered
+                wire.inflated += inflated
+            else:
+                wire.plain_members += 1
+                wire.declined += offered
+                wire.plain_bytes += received
+                wire.plain_delivered += delivered
+        wire.deflate_bytes_per_message = _per(wire.deflate_bytes, wire.deflate_delivered)
+        wire.plain_bytes_per_message = _per(wire.plain_bytes, wire.plain_delivered)
+        return wire
+
+
+def _per(total: int, count: int) -> float:
+    return round(total / count, 1) if count else NAN
+
+
 class Result(msgspec.Struct, kw_only=True):
     schema: int = SCHEMA
     scenario: str
@@ -143,6 +187,10 @@ class Result(msgspec.Struct, kw_only=True):
     churn: dict[str, float] = {}
     slow_members: list[SlowMember] = []
     slow_phases: SlowPhases = msgspec.field(default_factory=SlowPhases)
+    wire: Wire = msgspec.field(default_factory=Wire)
+    # The server's CPU seconds (user + system, from the load's start to the end of its drain) over the messages it
+    # accepted, in µs. NaN: a server we did not start (no pid), or a record written before the field.
+    server_cpu_us_per_message: float = NAN
 
     def save(self, directory: Path, stem: str) -> Path:
         return _write_json(directory / f"{stem}.json", self)
@@ -228,15 +276,42 @@ class Repeats(_Record, kw_only=True):
     runs: list[Result] = []
 
 
+class IdleRun(msgspec.Struct, kw_only=True):
+    """One fresh server's memory before and after idle websocket members connected (bench/idle.py)."""
+
+    deflate_share: float  # of the members, offering permessage-deflate
+    rooms: int  # rooms the members are in (0: none)
+    asked: int  # members meant to connect
+    connected: int
+    offered: int  # members that offered permessage-deflate
+    negotiated: int  # connected members the server agreed on it with
+    connect_s: float  # seconds to connect them all
+    settle_s: float  # seconds idle before the RSS was taken
+    rss_before_mb: float  # users and rooms made, nobody connected
+    rss_after_mb: float  # every member connected and idle
+    rss_per_connection_kb: float  # (after - before) / connected
+    descriptor_limit: int  # the load generator's RLIMIT_NOFILE (soft, after raising it)
+    server: dict[str, Any] = {}
+    errors: list[str] = []
+
+
+class IdleRecord(_Record, kw_only=True):
+    """``idle-connections``: a run per share of members offering permessage-deflate, each on a fresh server."""
+
+    kind: str = "idle-connections"
+    runs: list[IdleRun] = []
+
+
 def _write_json(path: Path, record: msgspec.Struct) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(record), indent=2))
     return path
 
 
-def load_any(path: Path) -> Result | StressRecord | Repeats:
-    """A run's result, a stress record (also the unversioned list of ramps that early runs wrote) or a record of
-    repeats. Raises OSError (unreadable), msgspec.DecodeError (not JSON), msgspec.ValidationError (not a record)."""
+def load_any(path: Path) -> Result | StressRecord | Repeats | IdleRecord:
+    """A run's result, a stress record (also the unversioned list of ramps that early runs wrote), a record of
+    repeats or of idle connections. Raises OSError (unreadable), msgspec.DecodeError (not JSON),
+    msgspec.ValidationError (not a record)."""
     raw = _read_json(path)
     if isinstance(raw, list):
         raw = {"kind": "stress", "ramps": raw}
@@ -246,6 +321,8 @@ def load_any(path: Path) -> Result | StressRecord | Repeats:
         return msgspec.convert(raw, type=StressRecord)
     if isinstance(raw, dict) and raw.get("kind") == "repeats":
         return msgspec.convert(raw, type=Repeats)
+    if isinstance(raw, dict) and raw.get("kind") == "idle-connections":
+        return msgspec.convert(raw, type=IdleRecord)
     return msgspec.convert(raw, type=Result)
 
 

@@ -17,9 +17,9 @@ import httpx
 import msgspec
 
 from bench import slowreport, worker
-from bench.accounting import settle
+from bench.accounting import StreamSummary, settle
 from bench.histogram import Histogram
-from bench.result import Counts, Result, Second, Throughput, git_commit, machine
+from bench.result import Counts, Result, Second, Throughput, Wire, git_commit, machine
 from bench.scenarios import Scenario
 from bench.target import Sampler, Target, check_loopback, histogram_means, server_cores
 
@@ -87,6 +87,7 @@ def plan_workers(
         sends.setdefault(send.user, []).append((send.room, send.rate))
     checked = {u for members in scenario.rooms for u in members[:CHECKED_PER_ROOM]} | set(sends)
     polling = scenario.polling_members()
+    deflate = scenario.deflate_members()
     members = [
         worker.MemberPlan(
             u,
@@ -98,6 +99,7 @@ def plan_workers(
             u in polling,
             scenario.read_fraction if u in scenario.slow else 1.0,
             scenario.delivery_rate(u) if u in scenario.slow else 0.0,
+            u in deflate,
         )
         for u in range(scenario.users)
     ]
@@ -123,6 +125,7 @@ def plan_workers(
                 cpu,
                 slow_for=scenario.slow_for,
                 remote_senders=remote if len(ports) > 1 else [],
+                text=scenario.text,
             )
         )
     return [p for p in plans if p.members]
@@ -387,6 +390,8 @@ def _result(
             "padding_chars": scenario.padding,
             "stalled_members": len(scenario.stalled),
             "polling_members": len(scenario.polling_members()),
+            "deflate_offered_members": len(scenario.deflate_members()),
+            "text_chars": [scenario.text.min_chars, scenario.text.max_chars] if scenario.text else [],
             "slow_members": len(scenario.slow),
             "drain_s": scenario.drain,
             "workers": len(reports),
@@ -427,10 +432,55 @@ def _result(
         errors=[e[:500] for rep in reports for e in rep.errors][:20] + errors,
         notes=notes,
         slow_members=slow_members,
+        wire=wire_of(reports, seen, counted, everyone=delivery),
+        server_cpu_us_per_message=cpu_per_message(sampler.samples, delta.get(ACCEPTED, acked)),
     )
     if slow_phases is not None:
         result.slow_phases = slow_phases
     return result
+
+
+def wire_of(
+    reports: list[worker.WorkerReport],
+    seen: dict[tuple[int, int, int], StreamSummary],
+    counted: dict[int, int],
+    *,
+    everyone: Histogram | None = None,
+) -> Wire:
+    """The websocket members' bytes received per delivered message and their delivery latency, deflate and plain
+    apart. When no member agreed on deflate, the plain members' latency is ``everyone``'s (every checked delivery's).
+    """
+    delivered = dict(counted)
+    for (member, _, _), summary in seen.items():
+        delivered[member] = delivered.get(member, 0) + summary.delivered
+    wire = Wire.of(
+        [
+            (m.offered, m.negotiated, m.wire_bytes, m.inflated, delivered.get(m.member, 0))
+            for rep in reports
+            for m in rep.wire
+        ]
+    )
+    if any(rep.deflate_hist or rep.plain_hist for rep in reports):
+        deflate, plain = Histogram(), Histogram()
+        for rep in reports:
+            deflate.add(Histogram.decode(rep.deflate_hist))
+            plain.add(Histogram.decode(rep.plain_hist))
+        wire.deflate_latency_ms, wire.plain_latency_ms = deflate.summary_ms(), plain.summary_ms()
+    elif everyone is not None and wire.plain_members:
+        wire.plain_latency_ms = everyone.summary_ms()
+    return wire
+
+
+ACCEPTED = "minitalk_messages_accepted_total"  # our server's; a peer's accepted messages are the acked ones
+
+
+def cpu_per_message(samples: list[dict[str, float]], accepted: float) -> float:
+    """The server's CPU µs per accepted message, from its first sample (the load's start) to its last (after the
+    drain); NaN without two samples (a server we did not start) or without an accepted message."""
+    cpu = [s["cpu_s"] for s in samples if "cpu_s" in s]
+    if len(cpu) < 2 or accepted <= 0:
+        return float("nan")
+    return round((cpu[-1] - cpu[0]) / accepted * 1e6, 2)
 
 
 def _timeline(reports: list[worker.WorkerReport]) -> list[Second]:

@@ -27,6 +27,14 @@ class Send(msgspec.Struct, frozen=True, array_like=True):
     rate: float  # messages per second
 
 
+class Text(msgspec.Struct, frozen=True):
+    """Chat-like content (bench/chattext.py) in place of the padding: each message's text is between ``min_chars``
+    and ``max_chars`` characters (ASCII: as many bytes), after the ``<scheduled>|<sender>|<room>|<n>|`` stamp."""
+
+    min_chars: int
+    max_chars: int
+
+
 class Scenario(msgspec.Struct, frozen=True):
     name: str
     description: str
@@ -47,11 +55,21 @@ class Scenario(msgspec.Struct, frozen=True):
     read_fraction: float = 1.0
     slow_for: float = 0.0
     drain: float = 2.0  # seconds receivers keep reading after the last scheduled send (late deliveries count)
+    text: Text | None = None  # chat-like text of this size instead of ``padding`` x's (large-messages, --message-bytes)
+    # This fraction of the members offer permessage-deflate in their websocket handshake (long-polling members
+    # never do); the server's answer decides whether they inflate (bench/inflate.py).
+    deflate_share: float = 0.0
 
     def polling_members(self) -> set[int]:
         """Every member where the running share crosses a whole number: spread evenly over the users."""
         share = self.polling_share
         skip = set(self.stalled) | set(self.churn) | set(self.slow)
+        return {u for u in range(self.users) if int((u + 1) * share) > int(u * share) and u not in skip}
+
+    def deflate_members(self) -> set[int]:
+        """The members that offer permessage-deflate, spread as ``polling_members``; never a polling member."""
+        share = self.deflate_share
+        skip = self.polling_members()
         return {u for u in range(self.users) if int((u + 1) * share) > int(u * share) and u not in skip}
 
     def delivery_rate(self, user: int) -> float:
@@ -218,12 +236,30 @@ def by_name(
     members: int | None = None,
     polling_share: float = 0.0,
     slow: SlowReading | None = None,
+    deflate_share: float | None = None,
+    message_bytes: int | None = None,
 ) -> Scenario:
+    """A scenario by name; ``deflate_share`` and ``message_bytes`` (chat text of exactly that many characters)
+    override its own (None: keep them)."""
     if name == "slow-readers":
         scenario = slow_readers(slow or SlowReading(), rate=rate or QUICK_REAL_RATE, duration=duration)
     else:
         scenario = _build(name, duration=duration, rate=rate, members=members)
-    return msgspec.structs.replace(scenario, polling_share=polling_share) if polling_share else scenario
+    if polling_share:
+        scenario = msgspec.structs.replace(scenario, polling_share=polling_share)
+    if message_bytes is not None:
+        scenario = msgspec.structs.replace(
+            scenario,
+            text=Text(message_bytes, message_bytes),
+            description=f"{scenario.description}; {message_bytes:,}-character chat text a message",
+        )
+    if deflate_share is not None and deflate_share != scenario.deflate_share:
+        scenario = msgspec.structs.replace(
+            scenario,
+            deflate_share=deflate_share,
+            description=f"{scenario.description}; {deflate_share:.0%} of the members offer permessage-deflate",
+        )
+    return scenario
 
 
 def _build(name: str, *, duration: float | None, rate: float | None, members: int | None) -> Scenario:
@@ -296,6 +332,32 @@ def endurance(rate: float = 2970, duration: float = 600) -> Scenario:
     )
 
 
+LARGE_TEXT = Text(2048, 8192)  # chat text of 2-8 KB a message (bench/chattext.py says what text and why)
+
+
+def large_messages(rate: float = 1000, duration: float = 30) -> Scenario:
+    """The quick preset's rooms with 2-8 KB chat messages, half the members offering permessage-deflate.
+
+    What compression saves on the wire and costs the server (issue 18): ``--ws-compression on,off`` runs it
+    against a fresh server of each setting into one report. The rate is the quick preset's rooms at 1,000 msg/s
+    by default, a third of its real load: at 5 KB a message that is 5 MB/s in and about 30 MB/s out to the
+    rooms' members, which one server core and one client core carry with room to spare.
+    """
+    base = preset("quick", duration)
+    per_pair = rate / len(base.sends)
+    return Scenario(
+        "large-messages",
+        f"the quick preset's rooms at {rate:g} msg/s of {LARGE_TEXT.min_chars:,}-{LARGE_TEXT.max_chars:,}"
+        " character chat text; 50% of the members offer permessage-deflate",
+        base.users,
+        base.rooms,
+        [Send(s.user, s.room, per_pair) for s in base.sends],
+        duration,
+        text=LARGE_TEXT,
+        deflate_share=0.5,
+    )
+
+
 def mixed(rate: float = 1000, churners: int = 5, duration: float = 30) -> Scenario:
     """Sends, plus members that read history, leave and rejoin, and reconnect and catch up by after_seq."""
     base = preset("quick", duration)
@@ -327,5 +389,6 @@ BUILDERS: dict[str, Callable[..., Scenario]] = {
     "slow-consumer": slow_consumer,
     "mixed": mixed,
     "endurance": endurance,
+    "large-messages": large_messages,
     "smoke": smoke,
 }

@@ -98,9 +98,12 @@ def pinned_cores(cores: list[int]) -> list[int] | None:
     return cores if pin_prefix(cores) else None
 
 
-def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str | None = None) -> Target:
+def start_ours(
+    mode: str, *, extra_args: list[str] | None = None, database: str | None = None, ws_compression: str | None = None
+) -> Target:
     """``python -m server`` on a free port, pinned with taskset; on ``database``, or a fresh temporary SQLite
-    file when None."""
+    file when None. ``ws_compression`` ("on" or "off"): the flag, and the setting in the target's name (so that
+    runs of both settings side by side in one report have a column each); None: the server's default."""
     workdir = tempfile.mkdtemp(prefix="minitalk-bench-")
     if database is not None:
         check_loopback_database(database)
@@ -123,6 +126,7 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str 
         # The per-connection send limit would cap a stress ramp's publisher: the bench measures the server.
         "--message-rate",
         "0",
+        *(["--ws-compression", ws_compression] if ws_compression else []),
         *(extra_args or []),
     ]
     log = open(Path(workdir) / "server.log", "wb")  # noqa: SIM115 -- lives as long as the server
@@ -136,7 +140,7 @@ def start_ours(mode: str, *, extra_args: list[str] | None = None, database: str 
         "environment": server_environment(args, os.environ),
     }
     return Target(
-        f"minitalk-trio ({mode})",
+        f"minitalk-trio ({mode}{f', ws-compression {ws_compression}' if ws_compression else ''})",
         f"http://127.0.0.1:{port}",
         pid=proc.pid,
         settings=settings,
@@ -265,10 +269,12 @@ class Sampler:
             with self._process.oneshot():
                 cpu = self._process.cpu_percent(None)
                 rss = self._process.memory_info().rss / 2**20
+                times = self._process.cpu_times()
         except psutil.Error:
             return
         machine = psutil.cpu_percent(None) * self._cores  # every process on every core, 100% = one core
         sample = {"t": round(t, 2), "cpu_percent": cpu, "rss_mb": round(rss, 1), "machine_cpu_percent": machine}
+        sample["cpu_s"] = round(times.user + times.system, 3)  # cumulative: CPU per message over any span
         if self._has_metrics:
             sample |= self._internals(t)
         self.samples.append(sample)

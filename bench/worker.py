@@ -7,6 +7,7 @@ put ``("report", WorkerReport)``. Any failure is reported as ``("error", text)``
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -18,9 +19,11 @@ import msgspec
 import trio
 
 from bench.accounting import StreamSummary
+from bench.chattext import texts
 from bench.client import CONTENT_MARKER, Client, Stats
 from bench.countreader import CountReader
-from bench.scenarios import stream_length
+from bench.inflate import InflatingStream
+from bench.scenarios import Text, stream_length
 from bench.slowread import MemberWatch, SlowReadStats
 from bench.wire import client_frame
 
@@ -35,6 +38,7 @@ class MemberPlan(msgspec.Struct, frozen=True, array_like=True):
     polling: bool = False  # Engine.IO long-polling instead of websocket
     read_fraction: float = 1.0  # slow-readers scenario: below 1, read this share of delivery_rate while slow
     delivery_rate: float = 0.0  # messages/s this member's rooms produce
+    deflate: bool = False  # offer permessage-deflate in the websocket handshake
 
 
 class WorkerPlan(msgspec.Struct, frozen=True):
@@ -50,6 +54,17 @@ class WorkerPlan(msgspec.Struct, frozen=True):
     churn_every: float = 3.0  # mixed scenario: seconds between a churner's actions
     slow_for: float = 0.0  # slow-readers scenario: seconds from the start during which slow members read slowly
     remote_senders: list[int] = []  # a cluster: users whose sends go through another process than this worker's
+    text: Text | None = None  # chat-like text instead of ``padding`` x's (bench/chattext.py)
+
+
+class MemberWire(msgspec.Struct, frozen=True, array_like=True):
+    """What one websocket member received after its handshake, before and after inflating."""
+
+    member: int
+    offered: bool  # asked for permessage-deflate
+    negotiated: bool  # ... and the server agreed
+    wire_bytes: int  # off the socket
+    inflated: int  # compressed messages it inflated
 
 
 class WorkerReport(msgspec.Struct, frozen=True):
@@ -78,6 +93,11 @@ class WorkerReport(msgspec.Struct, frozen=True):
     slow: list[SlowReadStats] = []  # slow-readers scenario: what each slow member observed
     slow_hist: str = ""  # the slow members' delivery latency
     slow_timeline: list[str] = []  # ... per second
+    wire: list[MemberWire] = []  # websocket members' bytes received (long-polling members are left out)
+    # When a member agreed on permessage-deflate: the checked deliveries' latency, those members' and the others'
+    # apart (delivery_hist has both).
+    deflate_hist: str = ""
+    plain_hist: str = ""
 
 
 def main(plan_bytes: bytes, queue: Any, start_event: Any, start_at: Any) -> None:
@@ -96,6 +116,7 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
     stats = Stats()
     stats.remote_senders = frozenset(plan.remote_senders)
     clients = await _connect_all(plan, stats)
+    paddings = {m.index: _paddings(plan, m.index) for m in plan.members if m.sends}  # before the clock starts
     queue.put(("ready", plan.worker))
     await trio.to_thread.run_sync(start_event.wait)
     begin = start_at.value
@@ -115,9 +136,10 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
                 nursery.start_soon(_churn, client, member, plan, begin, errors)
             elif member.stalled:
                 pass
-            elif not client.check and isinstance(client.stream, trio.SocketStream):
-                counted_by_fd[client.stream.socket.fileno()] = client
-                reader.add(client.stream.socket.fileno())
+            elif not client.check and (raw := client.socket_stream) is not None:
+                counted_by_fd[raw.socket.fileno()] = client
+                inflating = client.stream if isinstance(client.stream, InflatingStream) else None
+                reader.add(raw.socket.fileno(), inflating.inflater if inflating else None)
             else:
                 nursery.start_soon(_receive, client, errors)
         reader.start()
@@ -126,11 +148,15 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
         async with trio.open_nursery() as senders:
             for client, member in zip(clients, plan.members, strict=True):
                 if member.sends:
-                    senders.start_soon(_send_on_schedule, client, member, plan, begin, errors)
+                    send = functools.partial(_send_on_schedule, paddings=paddings[member.index])
+                    senders.start_soon(send, client, member, plan, begin, errors)
         await trio.sleep_until(_trio_time(begin + plan.duration + plan.drain))
         nursery.cancel_scope.cancel()
+    wire_by_member: dict[int, int] = {}  # count-only members: bytes their reader thread read
     for fd, count in (await trio.to_thread.run_sync(reader.stop)).items():
         counted_by_fd[fd].counted = count
+        wire_by_member[counted_by_fd[fd].index] = reader.wire_bytes_of(fd)
+    errors += reader.errors
     errors += [f"client {counted_by_fd[fd].index}: connection lost (closed by the server)" for fd in reader.closed]
     disconnects = [(c.index, c.closed_at - begin) for c in clients if c.closed_at is not None]
     disconnects += [(counted_by_fd[fd].index, float("nan")) for fd in reader.closed]
@@ -145,7 +171,26 @@ async def _run(plan: WorkerPlan, queue: Any, start_event: Any, start_at: Any) ->
         slow_hist=stats.slow_latency.encode(),
         slow_timeline=stats.slow_timeline,
         cross_hist=stats.cross_latency.encode() if stats.remote_senders else "",
+        wire=[_wire(c, wire_by_member) for c in clients if c.socket_stream is not None],
+        **_latency_by_group(clients, stats),
     )
+
+
+def _latency_by_group(clients: list[Client], stats: Stats) -> dict[str, str]:
+    """The deflate members' and the plain members' delivery latency, when some member agreed on deflate."""
+    if not any(c.negotiated for c in clients):
+        return {}
+    return {
+        "deflate_hist": stats.deflate_deliveries.histogram().encode(),
+        "plain_hist": stats.deliveries.histogram().encode(),
+    }
+
+
+def _wire(client: Client, count_only: dict[int, int]) -> MemberWire:
+    stream = client.stream
+    inflated = stream.inflater.inflated if isinstance(stream, InflatingStream) else 0
+    wire = count_only.get(client.index, client.wire_bytes)
+    return MemberWire(client.index, client.offered, client.negotiated, wire, inflated)
 
 
 async def _measure_cpu(into: list[float], begin: float, duration: float) -> None:
@@ -164,7 +209,14 @@ async def _connect_all(plan: WorkerPlan, stats: Stats) -> list[Client]:
         async with limiter:
             member = plan.members[i]
             clients[i] = await Client.connect(
-                plan.host, plan.port, member.token, member.index, stats, check=member.check, polling=member.polling
+                plan.host,
+                plan.port,
+                member.token,
+                member.index,
+                stats,
+                check=member.check,
+                polling=member.polling,
+                deflate=member.deflate,
             )
 
     async with trio.open_nursery() as nursery:
@@ -273,12 +325,14 @@ async def _ticker(stats: Stats, begin: float, queue: Any, worker: int) -> None:
 
 
 async def _send_on_schedule(
-    client: Client, member: MemberPlan, plan: WorkerPlan, begin: float, errors: list[str]
+    client: Client, member: MemberPlan, plan: WorkerPlan, begin: float, errors: list[str], *, paddings: list[str]
 ) -> None:
-    """Open loop: message k of a stream is due at begin + k / rate, whatever the server does."""
+    """Open loop: message k of a stream is due at begin + k / rate, whatever the server does. Message k's text
+    is ``paddings[k % TEXTS_PER_SENDER]`` when there are several."""
     await trio.sleep_until(_trio_time(begin))
     counts = [0] * len(member.sends)
-    padding = "x" * plan.padding
+    padding = paddings[0]
+    cycling = len(paddings) > 1  # a local: the per-message path pays one truth test for it
     end = begin + plan.duration
     try:
         while True:
@@ -288,6 +342,8 @@ async def _send_on_schedule(
                 due = min(math.floor((min(now, end) - begin) * rate) + 1, stream_length(plan.duration, rate))
                 for k in range(counts[i], due):
                     scheduled_ns = int((begin + k / rate) * 1e9)
+                    if cycling:
+                        padding = paddings[k % TEXTS_PER_SENDER]
                     frames.append(client.frame_for(room, plan.room_ids[room], k, scheduled_ns, padding))
                 counts[i] = max(counts[i], due)
             if frames:
@@ -299,6 +355,18 @@ async def _send_on_schedule(
             await trio.sleep_until(_trio_time(min(next_due, end)))
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         errors.append(f"sender {client.index}: connection lost ({exc!r})")
+
+
+# Each sender's messages cycle through this many texts: sizes spread over the scenario's range, and few enough to
+# make (and keep the send templates of) in well under a second for the quick preset's 30 senders.
+TEXTS_PER_SENDER = 32
+
+
+def _paddings(plan: WorkerPlan, member: int) -> list[str]:
+    """What follows each message's stamp: the scenario's chat texts (seeded by the member), or ``padding`` x's."""
+    if plan.text is None:
+        return ["x" * plan.padding]
+    return texts(member, TEXTS_PER_SENDER, plan.text.min_chars, plan.text.max_chars)
 
 
 def _report(

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from bench.result import Repeats, Result, StressRecord, load_any
+from bench.result import IdleRecord, Repeats, Result, StressRecord, load_any
 from tests.server_process import ROOT
 
 COMMITTED = sorted([*ROOT.glob("docs/**/*.json"), *ROOT.glob("bench/baseline/*.json")])
@@ -33,7 +33,7 @@ def _kept(original: Any, written: Any, where: str = "$") -> list[str]:
 
 def test_the_repository_holds_records_of_every_kind() -> None:
     kinds = {type(load_any(path)) for path in COMMITTED}
-    assert kinds == {Result, Repeats, StressRecord}
+    assert kinds == {Result, Repeats, StressRecord, IdleRecord}
     assert sum(isinstance(load_any(path), StressRecord) for path in COMMITTED) >= 10
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.compare import compare
-from bench.result import load
+from bench.result import IdleRecord, load, load_any
 from bench.scenarios import original_offered_rate, preset
 from tests.server_process import ROOT
 
@@ -116,3 +116,60 @@ def test_mixed_run_recovers_what_churners_missed(tmp_path: Path) -> None:
     assert counts["lost"] == counts["duplicated"] == counts["out_of_order"] == 0
     churn = data["churn"]  # 5 churners, actions at 3, 6 and 9 s: history read, leave+rejoin, reconnect
     assert churn["history_reads"] >= 5 and churn["rejoins"] == 5 and churn["reconnects"] == 5
+
+
+@pytest.fixture(scope="module")
+def compression_results(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """large-messages for 2 s against a fresh server with compression on, then one with it off (issue 18)."""
+    out = tmp_path_factory.mktemp("bench-deflate")
+    args = ["run", "large-messages", "--duration", "2", "--rate", "150", "--ws-compression", "on,off"]
+    done = bench(*args, "--no-live", "--out", str(out))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return sorted(out.glob("*-large-messages-durable-ws-compression-on-off-*.json"))
+
+
+def test_large_messages_on_and_off_lose_nothing_and_deflate_members_read_fewer_bytes(
+    compression_results: list[Path],
+) -> None:
+    on, off = (load(path) for path in compression_results)
+    assert [on.server["name"], off.server["name"]] == [
+        "minitalk-trio (durable, ws-compression on)",
+        "minitalk-trio (durable, ws-compression off)",
+    ]
+    for result in (on, off):
+        assert result.counts.lost == result.counts.duplicated == result.counts.out_of_order == 0
+        assert result.counts.delivered == result.counts.expected_deliveries > 0
+        assert result.server_cpu_us_per_message > 0
+        assert result.parameters["deflate_offered_members"] == 15  # half the quick preset's 30 users
+    # On: the members that offered agreed, and each message reached them in fewer bytes than the plain members'.
+    assert (on.wire.deflate_members, on.wire.plain_members, on.wire.declined) == (15, 15, 0)
+    assert 0 < on.wire.deflate_bytes_per_message < on.wire.plain_bytes_per_message / 2
+    assert on.wire.inflated > 0 and on.server_metrics["ws_deflate_total"] > 0
+    assert on.server_metrics["ws_compressed_frames_total"] >= on.wire.inflated
+    assert on.wire.deflate_latency_ms.p50 > 0 and on.wire.plain_latency_ms.p50 > 0  # each group's apart
+    # Off: every offer declined, nothing deflated; the plain members read what they read with it on.
+    assert (off.wire.deflate_members, off.wire.declined) == (0, 15)
+    assert off.server_metrics["ws_deflate_total"] == off.server_metrics["ws_compressed_frames_total"] == 0
+    assert abs(off.wire.plain_bytes_per_message / on.wire.plain_bytes_per_message - 1) < 0.1
+    assert off.wire.plain_latency_ms == off.delivery_latency_ms  # everyone is plain
+
+
+def test_the_on_off_report_puts_the_settings_side_by_side(compression_results: list[Path]) -> None:
+    [page] = {path.with_name(path.stem.rsplit("-", 1)[0] + ".md") for path in compression_results}
+    text = page.read_text()
+    assert "| ws-compression off / ws-compression on |" in text
+    assert "| wire bytes / delivered message, deflate members |" in text and "| lost | 0 | 0 |" in text
+
+
+def test_idle_connections_measures_memory_with_and_without_deflate(tmp_path: Path) -> None:
+    args = ["idle-connections", "--count", "40", "--deflate-share", "0,1", "--settle", "0.5", "--no-rooms"]
+    done = bench(*args, "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    [path] = tmp_path.glob("*-idle-connections.json")
+    record = load_any(path)
+    assert isinstance(record, IdleRecord)
+    plain, deflate = record.runs
+    assert (plain.connected, plain.offered, plain.negotiated) == (40, 0, 0)
+    assert (deflate.connected, deflate.offered, deflate.negotiated) == (40, 40, 40)
+    assert all(run.rss_after_mb > 0 and run.errors == [] and run.rooms == 0 for run in record.runs)
+    assert "| RSS per connection KB |" in path.with_suffix(".md").read_text()
