@@ -53,8 +53,9 @@ NAME = "permessage-deflate"
 RSV1 = 0x40
 # RFC 7692 §7.2.1: a sync flush ends with this empty stored block; the sender removes it, the receiver adds it.
 TAIL = b"\x00\x00\xff\xff"
-# zlib's own default level (6): its recommended trade of ratio for speed, paid once per broadcast, not per member.
-LEVEL = zlib.Z_DEFAULT_COMPRESSION
+# zlib's own default level (6): its recommended trade of ratio for speed, paid once per broadcast, not per member
+# (Node's ws uses the same). The server's --ws-compression-level chooses another.
+LEVEL = 6
 INFLATE_WBITS = -15  # the largest raw window: reads what a client compressed with any window it chose
 _WINDOW_BITS = {str(n): n for n in range(8, 16)}  # RFC 7692 §7.1.2: decimal 8-15, no leading zeros
 
@@ -130,10 +131,11 @@ def compressed_frame(data: bytes | memoryview, opcode: int = OP_TEXT) -> bytes:
 class Deflater:
     """The outbound half for connections that agreed on one window size; stateless, so shared by all of them."""
 
-    __slots__ = ("_wbits", "bits", "stats", "threshold")
+    __slots__ = ("_wbits", "bits", "level", "stats", "threshold")
 
-    def __init__(self, bits: int, threshold: int, stats: DeflateStats) -> None:
+    def __init__(self, bits: int, threshold: int, stats: DeflateStats, level: int = LEVEL) -> None:
         self.bits = bits
+        self.level = level
         self._wbits = -max(bits, 9)  # 8 is compressed with 9: see the module's theory of operation
         self.threshold = threshold
         self.stats = stats
@@ -141,7 +143,7 @@ class Deflater:
     def deflate(self, payload: bytes) -> memoryview | None:
         """``payload`` as one raw DEFLATE stream, sync-flushed, its tail removed; None when not smaller."""
         self.stats.deflates += 1
-        compressor = zlib.compressobj(LEVEL, zlib.DEFLATED, self._wbits)
+        compressor = zlib.compressobj(self.level, zlib.DEFLATED, self._wbits)
         data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
         if len(data) - len(TAIL) >= len(payload):
             return None
@@ -211,9 +213,10 @@ class Outgoing:
 class Compression:
     """The server's permessage-deflate: on or off, its threshold, its counters, one Deflater per window size."""
 
-    def __init__(self, *, enabled: bool, threshold: int) -> None:
+    def __init__(self, *, enabled: bool, threshold: int, level: int = LEVEL) -> None:
         self.enabled = enabled
         self.threshold = threshold
+        self.level = level
         self.stats = DeflateStats()
         self._deflaters: dict[int, Deflater] = {}
         # Open websockets that agreed on the extension (the endpoint counts them). While it is 0, broadcasts
@@ -239,7 +242,7 @@ class Compression:
         response, bits = agreed
         deflater = self._deflaters.get(bits)
         if deflater is None:
-            deflater = self._deflaters[bits] = Deflater(bits, self.threshold, self.stats)
+            deflater = self._deflaters[bits] = Deflater(bits, self.threshold, self.stats, self.level)
         return response, deflater
 
 

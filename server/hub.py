@@ -59,6 +59,7 @@ class HubSettings(msgspec.Struct, frozen=True, kw_only=True):
     cluster: bool = False  # several processes share the log (PostgreSQL): exact per-room recovery offsets
     ws_compression: bool = True  # answer permessage-deflate offers (server/config.py says why)
     ws_compression_threshold: int = 1024  # bytes: larger websocket messages are compressed for those that agreed
+    ws_compression_level: int = 6  # zlib's level for them (server/config.py says why)
 
 
 class App(Protocol):
@@ -92,7 +93,11 @@ class Hub:
         self.flusher.on_written = metrics.commit_to_write.observe
         self.sessions: dict[str, Session] = {}
         self.storage = storage
-        self.compression = Compression(enabled=settings.ws_compression, threshold=settings.ws_compression_threshold)
+        self.compression = Compression(
+            enabled=settings.ws_compression,
+            threshold=settings.ws_compression_threshold,
+            level=settings.ws_compression_level,
+        )
         self.delivery = Delivery(
             storage,
             registry.head,

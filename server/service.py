@@ -85,6 +85,7 @@ def hub_settings(config: Config) -> HubSettings:
         cluster=config.cluster,
         ws_compression=config.ws_compression == "on",
         ws_compression_threshold=config.ws_compression_threshold,
+        ws_compression_level=config.ws_compression_level,
     )
 
 

@@ -153,6 +153,8 @@ def test_config_defaults_env_and_flags() -> None:
     config = load_config(["--port", "5000"], {"PORT": "6000", "DATABASE_URL": "sqlite:///x.db", "JWT_SECRET": "s"})
     assert (config.port, config.database, config.jwt_secret) == (5000, "sqlite:///x.db", "s")
     assert load_config([], {"PORT": "6000"}).port == 6000
+    assert load_config([], {"WS_COMPRESSION_LEVEL": "1"}).ws_compression_level == 1
+    assert load_config(["--ws-compression-level", "9"], {}).ws_compression_level == 9
     assert load_config([], {"HOST": "example.org"}).host == "127.0.0.1", "HOST from the shell is ignored"
 
 
@@ -164,6 +166,8 @@ def test_config_defaults_env_and_flags() -> None:
         ["--log-level", "loud"],
         ["--bcrypt-rounds", "2"],
         ["--max-body-bytes", "0"],
+        ["--ws-compression-level", "0"],
+        ["--ws-compression-level", "10"],
     ],
 )
 def test_config_rejects_bad_values(argv: list[str]) -> None:

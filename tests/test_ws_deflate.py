@@ -188,6 +188,22 @@ def test_over_the_threshold_compressed_with_rsv1_below_it_plain() -> None:
     assert (deflater.stats.deflates, deflater.stats.compressed_frames) == (2, 1)
 
 
+def test_the_level_chosen_is_the_level_used() -> None:
+    text = b"4" + b" ".join(b"happy new year number %d from room %d" % (i, i % 7) for i in range(300))
+    sizes = {}
+    for level in (1, 6, 9):
+        compression = Compression(enabled=True, threshold=0, level=level)
+        agreed = compression.agree(headers("permessage-deflate; client_max_window_bits"))
+        assert agreed is not None
+        ((b0, data),) = server_frames(agreed[1].frame(text))
+        assert b0 & 0x40
+        expected = zlib.compressobj(level, zlib.DEFLATED, -15)
+        assert data + TAIL == expected.compress(text) + expected.flush(zlib.Z_SYNC_FLUSH)
+        assert zlib.decompressobj(-15).decompress(data + TAIL) == text
+        sizes[level] = len(data)
+    assert sizes[1] > sizes[6] >= sizes[9], sizes
+
+
 def test_outgoing_deflates_once_for_any_number_of_members() -> None:
     deflater = stats_deflater(threshold=100)
     packets = [b"4" + b"a" * 50, b"4" + b"b" * 5000, b"4" + b"c" * 3000]
