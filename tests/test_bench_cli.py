@@ -13,9 +13,10 @@ from bench import __main__ as cli
 from bench import commands, report, scenarios
 from bench.compare import compare_stress
 from bench.peers import launch
-from bench.result import Counts, Ramp, Result, Step, StressRecord, Throughput, load_any
+from bench.result import Counts, Ramp, Result, StressRecord, Throughput, load_any
 from bench.runner import plan_workers
 from bench.target import Target, TargetError
+from tests.bench_records_fake import fake_step
 from tests.server_process import ROOT
 
 COMMITTED_RAMPS = ROOT / "docs" / "bench" / "20261123T092331-peers-quick-stress.json"
@@ -33,23 +34,6 @@ def _ramp(target: str, msgs: float, deliveries: float, *, client_bound: bool = F
         client_bound=client_bound,
         lower_bound=client_bound,
         limited_by="",
-    )
-
-
-def _step(rate: float, ok: bool, why: str, server_cpu: float, client_cpu: float) -> Step:
-    return Step(
-        rate=rate,
-        ok=ok,
-        why=why,
-        acked_msgs_per_s=rate,
-        deliveries_per_s=rate * 6,
-        p50_ms=5.0,
-        p99_ms=10.0,
-        lost=0,
-        slow_consumer_disconnects=0.0,
-        server_cpu_percent=server_cpu,
-        client_cpu_percent=client_cpu,
-        errors=0,
     )
 
 
@@ -86,7 +70,10 @@ def test_compare_stress_flags_a_lower_maximum_and_a_missing_target() -> None:
 
 
 def test_compare_stress_says_whose_limit_each_maximum_was() -> None:
-    steps = [_step(1000, True, "ok", 40.0, 60.0), _step(1500, False, "client-bound", 55.0, 99.0)]
+    steps = [
+        fake_step(1000, ok=True, why="ok"),
+        fake_step(1500, ok=False, why="client-bound", server_cpu=55.0, client_cpu=99.0),
+    ]
     old = _record(_ramp("ours", 1000, 6000))
     new = _record(msgspec.structs.replace(_ramp("ours", 1000, 6000, client_bound=True), steps=steps))
     table = compare_stress(old, new)[0].splitlines()

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from bench.report import _ratio, headroom, steps_table, stress_table
-from bench.result import Counts, Percentiles, Ramp, Result, Step, StressRecord, Throughput, load_any
+from bench.result import Counts, Percentiles, Ramp, Result, StressRecord, Throughput, load_any
 from bench.scenarios import Scenario, by_name
 from bench.stress import (
     MAX_BISECTIONS,
@@ -24,6 +24,7 @@ from bench.stress import (
     sustainable,
 )
 from bench.target import Target
+from tests.bench_records_fake import fake_step
 from tests.server_process import ROOT
 
 
@@ -83,23 +84,6 @@ def _result(
         server_metrics={},
         client_cpu_percent=[],
         client_bound=bound,
-    )
-
-
-def _step(*, ok: bool, why: str, rate: float = 1000.0) -> Step:
-    return Step(
-        rate=rate,
-        ok=ok,
-        why=why,
-        acked_msgs_per_s=rate,
-        deliveries_per_s=rate * 6,
-        p50_ms=5.0,
-        p99_ms=10.0,
-        lost=0,
-        slow_consumer_disconnects=0.0,
-        server_cpu_percent=40.0,
-        client_cpu_percent=60.0,
-        errors=0,
     )
 
 
@@ -249,11 +233,13 @@ def test_a_ramp_ended_by_the_client_reports_a_lower_bound(monkeypatch: pytest.Mo
 
 
 def test_each_step_and_each_ramp_says_whose_limit_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert step_limit(_step(ok=True, why="ok")) == "none"
-    assert step_limit(_step(ok=True, why="ok (client-bound)")) == "none (client saturated)"
-    assert step_limit(_step(ok=False, why="client-bound")) == "client"
-    assert step_limit(_step(ok=False, why="p99 500 ms > 100 ms (server and client saturated)")) == "server and client"
-    assert step_limit(_step(ok=False, why="1 lost, 0 duplicated")) == "server"
+    assert step_limit(fake_step(ok=True, why="ok")) == "none"
+    assert step_limit(fake_step(ok=True, why="ok (client-bound)")) == "none (client saturated)"
+    assert step_limit(fake_step(ok=False, why="client-bound")) == "client"
+    assert (
+        step_limit(fake_step(ok=False, why="p99 500 ms > 100 ms (server and client saturated)")) == "server and client"
+    )
+    assert step_limit(fake_step(ok=False, why="1 lost, 0 duplicated")) == "server"
     fake = _FakeServer(limit=2000)
     monkeypatch.setattr("bench.stress.runner.run", fake.run)
     out = ramp(Target("t", "http://127.0.0.1:1", pid=None, settings={}), by_name("quick", duration=1), start=1000)
@@ -276,7 +262,7 @@ def test_records_written_before_the_limit_was_recorded_still_say_whose_it_was() 
     assert (ramp_limit(node_first), ramp_limit(node_second)) == ("client", "server and client")
     assert cpu_at_max(node_second) == "66 / 100" and ramp_limit(second.ramps[0]) == "server"
     assert cpu_at_max(msgspec.structs.replace(node_second, steps=[])) == "n/a"
-    assert ramp_limit(msgspec.structs.replace(node_second, steps=[_step(ok=True, why="ok")])).startswith("none")
+    assert ramp_limit(msgspec.structs.replace(node_second, steps=[fake_step(ok=True, why="ok")])).startswith("none")
 
 
 def test_the_ingest_shape_puts_each_sender_alone_in_its_room() -> None:
