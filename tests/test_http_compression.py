@@ -272,16 +272,21 @@ async def uncompressed(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[R
     await server.stop()
 
 
-async def test_compression_off_sends_everything_as_is(uncompressed: RunningServer) -> None:
-    async with httpx.AsyncClient(base_url=uncompressed.url, timeout=30) as http:
-        token = await signup_and_login(http, "carol")
-        room = await create_room(http, token, "plain")
-    await post_messages(uncompressed, room["roomId"], "carol", festive(100))
+async def history_and_web_file(server: RunningServer, user: str) -> tuple[Reply, Reply]:
+    """A 100-message history page and the vendored socket.io client, both asked for with gzip allowed."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        token = await signup_and_login(http, user)
+        room = await create_room(http, token, f"{user}'s room")
+    await post_messages(server, room["roomId"], user, festive(100))
     gzip_ok = ("Accept-Encoding", "gzip")
     history = await raw_request(
-        uncompressed.port, f"/api/chatrooms/{room['roomId']}/messages", [gzip_ok, ("Authorization", f"Bearer {token}")]
+        server.port, f"/api/chatrooms/{room['roomId']}/messages", [gzip_ok, ("Authorization", f"Bearer {token}")]
     )
-    web = await raw_request(uncompressed.port, "/web/vendor/socket.io.esm.min.js", [gzip_ok])
+    return history, await raw_request(server.port, "/web/vendor/socket.io.esm.min.js", [gzip_ok])
+
+
+async def test_compression_off_sends_everything_as_is(uncompressed: RunningServer) -> None:
+    history, web = await history_and_web_file(uncompressed, "carol")
     for reply in (history, web):
         assert reply.status == 200
         assert "content-encoding" not in reply.headers
@@ -303,15 +308,7 @@ def test_settings_from_flags_and_environment() -> None:
 async def test_threshold_setting(nursery: trio.Nursery, tmp_path: Path) -> None:
     server = await start_server(nursery, make_config(tmp_path / "t.db", http_compression_threshold=1_000_000))
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
-            token = await signup_and_login(http, "dave")
-            room = await create_room(http, token, "big threshold")
-        await post_messages(server, room["roomId"], "dave", festive(100))
-        gzip_ok = ("Accept-Encoding", "gzip")
-        history = await raw_request(
-            server.port, f"/api/chatrooms/{room['roomId']}/messages", [gzip_ok, ("Authorization", f"Bearer {token}")]
-        )
-        web = await raw_request(server.port, "/web/vendor/socket.io.esm.min.js", [gzip_ok])
+        history, web = await history_and_web_file(server, "dave")
         for reply in (history, web):  # both under a 1 MB threshold: identity, though it could be gzipped
             assert reply.status == 200
             assert "content-encoding" not in reply.headers
