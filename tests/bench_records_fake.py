@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from bench.result import Step
+from typing import Any
+
+import msgspec
+
+from bench.result import Counts, Result, Step, Throughput
 
 
 def fake_step(rate: float = 1000.0, *, ok: bool, why: str, server_cpu: float = 40.0, client_cpu: float = 60.0) -> Step:
@@ -21,3 +25,26 @@ def fake_step(rate: float = 1000.0, *, ok: bool, why: str, server_cpu: float = 4
         client_cpu_percent=client_cpu,
         errors=0,
     )
+
+
+def fake_result(name: str, **fields: Any) -> Result:
+    """A run of the quick scenario against server ``name``, every count and rate 0; ``fields`` replace any part."""
+    data: dict[str, Any] = {
+        "scenario": "quick",
+        "description": "",
+        "parameters": {},
+        "server": {"name": name},
+        "git_commit": "",
+        "machine": {},
+        "started_at": "",
+        "counts": dict.fromkeys((f.name for f in msgspec.structs.fields(Counts)), 0),
+        "throughput": dict.fromkeys((f.name for f in msgspec.structs.fields(Throughput)), 0.0),
+        "delivery_latency_ms": {},
+        "ack_latency_ms": {},
+        "timeline": [],
+        "server_resources": [],
+        "server_metrics": {},
+        "client_cpu_percent": [],
+        "client_bound": False,
+    }
+    return msgspec.convert(data | fields, type=Result)

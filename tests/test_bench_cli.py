@@ -16,7 +16,7 @@ from bench.peers import launch
 from bench.result import Counts, Ramp, Result, StressRecord, Throughput, load_any
 from bench.runner import plan_workers
 from bench.target import Target, TargetError
-from tests.bench_records_fake import fake_step
+from tests.bench_records_fake import fake_result, fake_step
 from tests.server_process import ROOT
 
 COMMITTED_RAMPS = ROOT / "docs" / "bench" / "20261123T092331-peers-quick-stress.json"
@@ -153,27 +153,7 @@ THROUGHPUT = [f.name for f in msgspec.structs.fields(Throughput)]
 
 
 def _result(name: str, p99: float) -> Result:
-    return msgspec.convert(
-        {
-            "scenario": "quick",
-            "description": "",
-            "parameters": {},
-            "server": {"name": name},
-            "git_commit": "",
-            "machine": {},
-            "started_at": "",
-            "counts": dict.fromkeys(COUNTS, 0),
-            "throughput": dict.fromkeys(THROUGHPUT, 0.0),
-            "delivery_latency_ms": {"p99": p99},
-            "ack_latency_ms": {},
-            "timeline": [],
-            "server_resources": [],
-            "server_metrics": {},
-            "client_cpu_percent": [],
-            "client_bound": False,
-        },
-        type=Result,
-    )
+    return fake_result(name, delivery_latency_ms={"p99": p99})
 
 
 def test_the_ratio_table_divides_ours_by_each_peer() -> None:

@@ -17,9 +17,10 @@ from bench import __main__ as cli
 from bench import chattext, idle, report, scenarios, worker
 from bench.accounting import StreamSummary
 from bench.histogram import Histogram
-from bench.result import Counts, IdleRecord, Result, Throughput, Wire, load_any
+from bench.result import IdleRecord, Result, Throughput, Wire, load_any
 from bench.runner import cpu_per_message, plan_workers, wire_of
 from bench.target import Target
+from tests.bench_records_fake import fake_result
 
 
 # -- the text -----------------------------------------------------------------------------------------------------
@@ -144,36 +145,23 @@ def test_server_cpu_per_message_spans_the_samples() -> None:
 
 
 def _result(name: str, *, deflate_members: int, per_message: float, cpu_us: float) -> Result:
-    counts = dict.fromkeys((f.name for f in msgspec.structs.fields(Counts)), 0)
-    throughput = dict.fromkeys((f.name for f in msgspec.structs.fields(Throughput)), 100.0)
-    return msgspec.convert(
-        {
-            "scenario": "large-messages",
-            "description": "",
-            "parameters": {},
-            "server": {"name": name},
-            "git_commit": "",
-            "machine": {"cores": 2, "cpu_model": "x", "python": "3"},
-            "started_at": "",
-            "counts": counts,
-            "throughput": throughput,
-            "delivery_latency_ms": {"p50": 2.0, "p99": 8.0},
-            "ack_latency_ms": {},
-            "timeline": [],
-            "server_resources": [{"t": 0, "cpu_percent": 40.0, "rss_mb": 60.0}],
-            "server_metrics": {"ws_deflate_total": 500.0 if deflate_members else 0.0},
-            "client_cpu_percent": [20.0],
-            "client_bound": False,
-            "wire": {
-                "deflate_members": deflate_members,
-                "plain_members": 30 - deflate_members,
-                "declined": 15 - deflate_members,
-                "deflate_bytes_per_message": per_message,
-                "plain_bytes_per_message": 5_000.0,
-            },
-            "server_cpu_us_per_message": cpu_us,
+    return fake_result(
+        name,
+        scenario="large-messages",
+        machine={"cores": 2, "cpu_model": "x", "python": "3"},
+        throughput=dict.fromkeys((f.name for f in msgspec.structs.fields(Throughput)), 100.0),
+        delivery_latency_ms={"p50": 2.0, "p99": 8.0},
+        server_resources=[{"t": 0, "cpu_percent": 40.0, "rss_mb": 60.0}],
+        server_metrics={"ws_deflate_total": 500.0 if deflate_members else 0.0},
+        client_cpu_percent=[20.0],
+        wire={
+            "deflate_members": deflate_members,
+            "plain_members": 30 - deflate_members,
+            "declined": 15 - deflate_members,
+            "deflate_bytes_per_message": per_message,
+            "plain_bytes_per_message": 5_000.0,
         },
-        type=Result,
+        server_cpu_us_per_message=cpu_us,
     )
 
 
