@@ -13,7 +13,7 @@ from bench import __main__ as cli
 from bench import commands, report, scenarios
 from bench.compare import compare_stress
 from bench.peers import launch
-from bench.result import Counts, Ramp, Result, StressRecord, Throughput, load_any
+from bench.result import Ramp, Result, StressRecord, load_any
 from bench.runner import plan_workers
 from bench.target import Target, TargetError
 from tests.bench_records_fake import fake_result, fake_step
@@ -146,10 +146,6 @@ def test_peers_reports_targets_that_cannot_start_and_fails_when_none_ran(
     assert "node-socket.io skipped" in out.out and "python-socketio failed to start" in out.out
     assert "no target produced a result" in out.err
     assert list(tmp_path.iterdir()) == []  # no report pretends to compare anything
-
-
-COUNTS = [f.name for f in msgspec.structs.fields(Counts)]
-THROUGHPUT = [f.name for f in msgspec.structs.fields(Throughput)]
 
 
 def _result(name: str, p99: float) -> Result:
