@@ -121,6 +121,14 @@ def test_compare_refuses_a_run_result_against_a_stress_record(tmp_path: Path) ->
         (["run", "quick", "--repeat", "0"], "is not a whole number >= 1"),
         (["run", "stress", "--repeat", "3"], "--repeat does not apply to stress"),
         (["run", "quick", "--repeat", "3", "--profile"], "--profile records one run"),
+        (["run", "quick", "--ws-compression", "yes"], "is not on, off, or both"),
+        (["run", "quick", "--ws-compression", "on,on"], "is not on, off, or both"),
+        (["run", "quick", "--url", "http://127.0.0.1:1", "--ws-compression", "on"], "a running server (--url)"),
+        (["run", "quick", "--ws-compression", "on,off", "--repeat", "2"], "does not apply to --repeat"),
+        (["run", "stress", "--ws-compression", "on,off"], "does not apply to stress"),
+        (["run", "quick", "--ws-compression", "on,off", "--profile"], "does not apply to --profile"),
+        (["run", "fanout", "--deflate-share", "1.5"], "is not a fraction between 0 and 1"),
+        (["run", "fanout", "--message-bytes", "0"], "is not a whole number >= 1"),
     ],
 )
 def test_flags_that_would_do_something_else_than_asked_are_refused(

@@ -184,28 +184,6 @@ def test_the_on_off_report_has_a_column_per_setting_and_their_ratio(tmp_path: Pa
     assert "permessage-deflate" not in report.markdown([plain], {}, tmp_path, "cmd")  # no offer: no such rows
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["run", "quick", "--ws-compression", "yes"], "is not on, off, or both"),
-        (["run", "quick", "--ws-compression", "on,on"], "is not on, off, or both"),
-        (["run", "quick", "--url", "http://127.0.0.1:1", "--ws-compression", "on"], "a running server (--url)"),
-        (["run", "quick", "--ws-compression", "on,off", "--repeat", "2"], "does not apply to --repeat"),
-        (["run", "stress", "--ws-compression", "on,off"], "does not apply to stress"),
-        (["run", "quick", "--ws-compression", "on,off", "--profile"], "does not apply to --profile"),
-        (["run", "fanout", "--deflate-share", "1.5"], "is not a fraction between 0 and 1"),
-        (["run", "fanout", "--message-bytes", "0"], "is not a whole number >= 1"),
-    ],
-)
-def test_compression_flags_that_would_do_something_else_than_asked_are_refused(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with pytest.raises(SystemExit) as exited:
-        cli.main(argv)
-    assert exited.value.code == 2
-    assert message in capsys.readouterr().err
-
-
 # -- idle connections ---------------------------------------------------------------------------------------------
 def test_idle_members_are_in_rooms_of_six_made_by_one_creator_or_in_none() -> None:
     shaped = idle.idle_scenario(14, rooms=True)
