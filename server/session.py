@@ -20,7 +20,7 @@ from protocol.deflate import Deflater
 from protocol.engineio_session import EngineIOSession, Poll, Upgrade
 from protocol.ratelimit import TokenBucket
 from protocol.socketio import SioPacket
-from protocol.websocket import OP_BINARY, close_frame, frame
+from protocol.websocket import OP_BINARY, OP_TEXT, close_frame, frame
 from server.outbox import Outbox
 
 MAX_PACKETS_PER_POLL = 16  # python-engineio rejects a payload of more than 16 packets (contract §3.6-6)
@@ -120,7 +120,7 @@ class Session(EngineIOSession):
             return False
         if self.ws is not None:
             if ws_frame is None:
-                ws_frame = frame(packet) if self.ws_deflate is None else self.ws_deflate.frame(packet)
+                ws_frame = _framed(packet, self.ws_deflate)
             return self.ws.push(ws_frame)
         if self._queue_bytes + len(packet) > self.max_queue_bytes or len(self._queue) >= self.max_queue_packets:
             self.on_overflow(self, f"polling queue full ({self._queue_bytes} bytes in {len(self._queue)} packets)")
@@ -133,8 +133,7 @@ class Session(EngineIOSession):
     def send_binary(self, data: bytes) -> bool:
         """Queue one binary Engine.IO packet: a binary frame, or ``b<base64>`` on polling."""
         if self.ws is not None and not self.closed:
-            deflate = self.ws_deflate
-            return self.ws.push(frame(data, OP_BINARY) if deflate is None else deflate.frame(data, OP_BINARY))
+            return self.ws.push(_framed(data, self.ws_deflate, OP_BINARY))
         return self.send(b"b" + base64.b64encode(data))
 
     def send_many(self, packets: list[bytes], ws_frames: bytes) -> bool:
@@ -196,7 +195,7 @@ class Session(EngineIOSession):
             # What polling had queued goes first, in order; a waiting poll is released with a noop.
             while self._queue:
                 packet = self._queue.popleft()
-                outbox.push(frame(packet) if deflate is None else deflate.frame(packet))
+                outbox.push(_framed(packet, deflate))
             self._queue_bytes = 0
             self.ws = outbox
             self.ws_scope = scope
@@ -228,3 +227,8 @@ class PollRefused(Exception):
     def __init__(self, action: Poll) -> None:
         super().__init__(action.value)
         self.action = action
+
+
+def _framed(payload: bytes, deflate: Deflater | None, opcode: int = OP_TEXT) -> bytes:
+    """One message's websocket frame: compressed over the threshold when the websocket agreed on it, else plain."""
+    return frame(payload, opcode) if deflate is None else deflate.frame(payload, opcode)
