@@ -343,16 +343,11 @@ def large_messages(rate: float = 1000, duration: float = 30) -> Scenario:
     by default, a third of its real load: at 5 KB a message that is 5 MB/s in and about 30 MB/s out to the
     rooms' members, which one server core and one client core carry with room to spare.
     """
-    base = preset("quick", duration)
-    per_pair = rate / len(base.sends)
-    return Scenario(
-        "large-messages",
-        f"the quick preset's rooms at {rate:g} msg/s of {LARGE_TEXT.min_chars:,}-{LARGE_TEXT.max_chars:,}"
+    return msgspec.structs.replace(
+        endurance(rate, duration),  # the quick preset's rooms at a steady rate
+        name="large-messages",
+        description=f"the quick preset's rooms at {rate:g} msg/s of {LARGE_TEXT.min_chars:,}-{LARGE_TEXT.max_chars:,}"
         " character chat text; 50% of the members offer permessage-deflate",
-        base.users,
-        base.rooms,
-        [Send(s.user, s.room, per_pair) for s in base.sends],
-        duration,
         text=LARGE_TEXT,
         deflate_share=0.5,
     )
